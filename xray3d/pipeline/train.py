@@ -1,0 +1,106 @@
+"""Training pipeline: seed -> data -> model -> callbacks/loggers -> fit -> test best -> report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from xray3d.callbacks.metrics_report import MetricsReport
+from xray3d.utils.instantiate import config_digest, instantiate_list, save_run_info
+
+__all__ = ["run", "main", "CONF_DIR"]
+
+log = logging.getLogger(__name__)
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build(cfg: DictConfig) -> dict:
+    """Instantiate datamodule, model, callbacks, loggers and trainer from the composed config."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(
+        cfg.model,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    )
+    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks")
+    loggers = instantiate_list(cfg.get("logger"), "logger")
+    for cb in callbacks:
+        if isinstance(cb, MetricsReport):
+            cb.config_digest = config_digest(cfg)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+def report_paths(objs: dict, output_dir: str) -> dict:
+    """Where the checkpoint, metrics and W&B run of a finished run are."""
+    trainer: L.Trainer = objs["trainer"]
+    ckpt = trainer.checkpoint_callback
+    out = {
+        "run_dir": output_dir,
+        "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
+        "last_checkpoint": getattr(ckpt, "last_model_path", None) or None,
+    }
+    for cb in objs["callbacks"]:
+        if isinstance(cb, MetricsReport):
+            out["per_case_csv"] = str(cb.output_dir / "per_case.csv")
+            out["summary_json"] = str(cb.output_dir / "summary.json")
+    for lg in objs["loggers"]:
+        if lg.__class__.__name__ == "WandbLogger":
+            try:
+                out["wandb_run_dir"] = lg.experiment.dir
+            except Exception:  # disabled mode has no directory
+                out["wandb_run_dir"] = None
+    return out
+
+
+def run(cfg: DictConfig) -> tuple[dict, dict]:
+    """Train (and test) as configured.
+
+    Returns:
+        ``(metrics, objects)``: the logged metrics (train, val, test) and the instantiated objects.
+    """
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    save_run_info(cfg, cfg.paths.output_dir)
+    objs = build(cfg)
+    trainer: L.Trainer = objs["trainer"]
+    try:
+        metrics: dict = {}
+        if cfg.get("train", True):
+            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if cfg.get("test", True):
+            ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+            if ckpt is None:
+                log.warning("no best checkpoint recorded; testing the current weights")
+            for cb in objs["callbacks"]:
+                if isinstance(cb, MetricsReport):
+                    cb.ckpt_path = ckpt
+            trainer.test(objs["model"], datamodule=objs["datamodule"], ckpt_path=ckpt, weights_only=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        paths = report_paths(objs, cfg.paths.output_dir)
+        for key, value in paths.items():
+            log.info("%-16s %s", key, value)
+        metrics["paths"] = paths
+        return metrics, objs
+    finally:
+        _finish_wandb(objs["loggers"])
+
+
+def _finish_wandb(loggers: list) -> None:
+    if any(lg.__class__.__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point (``python train.py ...`` / ``xray3d-train ...``)."""
+    metrics, _ = run(cfg)
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None

@@ -1,0 +1,47 @@
+"""Build lists of callbacks / loggers from Hydra config groups; record run information."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["instantiate_list", "config_digest", "save_run_info"]
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_list(cfg: DictConfig | None, group: str) -> list:
+    """Instantiate every ``_target_`` node of a dict-like config group (``None`` -> empty list)."""
+    if cfg is None:
+        return []
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"config group '{group}' must be a mapping of name -> object config, got {type(cfg).__name__}")
+    objs = []
+    for name, node in cfg.items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            log.info("instantiating %s.%s <%s>", group, name, node._target_)
+            objs.append(hydra.utils.instantiate(node))
+    return objs
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """Short SHA-1 of the resolved config, without run-specific paths."""
+    text = OmegaConf.to_yaml({k: v for k, v in cfg.items() if k not in ("paths", "hydra")}, resolve=False)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def save_run_info(cfg: DictConfig, output_dir: str | Path) -> None:
+    """Write the resolved config and the git revision into the run directory."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        sha = ""
+    (out / "git_sha.txt").write_text((sha or "unknown") + "\n")
