@@ -77,7 +77,11 @@ class MetricsReport(L.Callback):
                     binary_metrics(shape, by_id[sid]["mask"][0].numpy(), by_id[sid]["spacing_mm"])["dice"]
                     for sid in df["sample_id"]
                 ]
-                baseline = {"name": "mean_shape", "n_train_masks": len(train_ds), **summarize(df, ("baseline_dice",))}
+                baseline = {
+                    "name": "mean_shape",
+                    "n_train_masks": len(train_ds),
+                    **summarize(df, ("baseline_dice",)),
+                }
             except Exception as exc:  # no training split (e.g. external test set): report without baseline
                 log.info("mean-shape baseline not computed: %s", exc)
         summary = {
@@ -96,7 +100,11 @@ class MetricsReport(L.Callback):
             if isinstance(logger, WandbLogger):
                 table = df.replace([np.inf, -np.inf], np.nan)
                 logger.log_table(key="test/per_case", dataframe=table)
-                flat = {f"test_summary/{k}_{s}": v[s] for k, v in summary["metrics"].items() for s in ("mean", "median")}
+                flat = {
+                    f"test_summary/{k}_{s}": v[s]
+                    for k, v in summary["metrics"].items()
+                    for s in ("mean", "median")
+                }
                 if baseline:
                     flat["test_summary/baseline_dice_mean"] = baseline["baseline_dice"]["mean"]
                 logger.experiment.summary.update(flat)

@@ -16,7 +16,9 @@ from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 __all__ = ["ReconstructionImages", "panel_figure"]
 
 
-def panel_figure(ap: np.ndarray, lat: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str = "") -> plt.Figure:
+def panel_figure(
+    ap: np.ndarray, lat: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str = ""
+) -> plt.Figure:
     """One row per case: AP, LAT, and GT / prediction mean projections along P (AP-like) and R (LAT-like).
 
     Args:
@@ -70,8 +72,10 @@ class ReconstructionImages(L.Callback):
         for i in range(n):
             sid = batch["sample_id"][i]
             fig = panel_figure(
-                batch["ap"][i, 0].float().cpu().numpy(), batch["lat"][i, 0].float().cpu().numpy(),
-                batch["mask"][i, 0].float().cpu().numpy(), pred[i, 0].cpu().numpy(),
+                batch["ap"][i, 0].float().cpu().numpy(),
+                batch["lat"][i, 0].float().cpu().numpy(),
+                batch["mask"][i, 0].float().cpu().numpy(),
+                pred[i, 0].cpu().numpy(),
                 title=f"{stage} {sid} step {trainer.global_step}",
             )
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -82,10 +86,14 @@ class ReconstructionImages(L.Callback):
             plt.close(fig)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"{stage}/examples", images=figs, caption=captions, step=trainer.global_step)
+                logger.log_image(
+                    key=f"{stage}/examples", images=figs, caption=captions, step=trainer.global_step
+                )
 
     @torch.no_grad()
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if batch_idx == 0 and not trainer.sanity_checking and self._val_epochs % self.every_n_val_epochs == 0:
             self._emit(trainer, batch, outputs, "val")
 

@@ -102,7 +102,12 @@ class BiplanarDataModule(L.LightningDataModule):
         """The dataset of one stage ("train", "val" or "test"), loaded on first use."""
         if stage not in self.datasets:
             ds = ManifestDataset(
-                self.data_dir, self.manifest, self.splits[stage], self.anatomy, self.spacing_mm, self.grid_size
+                self.data_dir,
+                self.manifest,
+                self.splits[stage],
+                self.anatomy,
+                self.spacing_mm,
+                self.grid_size,
             )
             if len(ds) == 0:
                 raise DataError(
@@ -123,12 +128,18 @@ class BiplanarDataModule(L.LightningDataModule):
         n = self.train_samples_per_epoch or len(ds)
         sampler = RandomSampler(ds, replacement=n > len(ds), num_samples=n)
         return DataLoader(
-            ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            drop_last=n >= self.batch_size, persistent_workers=self.num_workers > 0,
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            drop_last=n >= self.batch_size,
+            persistent_workers=self.num_workers > 0,
         )
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        return DataLoader(self.dataset(stage), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(
+            self.dataset(stage), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

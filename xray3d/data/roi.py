@@ -12,7 +12,14 @@ from scipy import ndimage
 
 from xray3d.data.io import DataError
 
-__all__ = ["AnatomyPreset", "PRESETS", "pir_grid_affine", "label_centroid_mm", "extract_roi", "touches_border"]
+__all__ = [
+    "AnatomyPreset",
+    "PRESETS",
+    "pir_grid_affine",
+    "label_centroid_mm",
+    "extract_roi",
+    "touches_border",
+]
 
 AIR_HU = -1024.0
 
@@ -64,7 +71,12 @@ def label_centroid_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def touches_border(mask: np.ndarray) -> bool:
     """True when any foreground voxel lies on a face of the array (the structure is cut by the scan)."""
     return bool(
-        mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any()
+        mask[0].any()
+        or mask[-1].any()
+        or mask[:, 0].any()
+        or mask[:, -1].any()
+        or mask[:, :, 0].any()
+        or mask[:, :, -1].any()
     )
 
 

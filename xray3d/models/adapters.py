@@ -23,7 +23,9 @@ def lift_to_volume(ap: Tensor, lat: Tensor) -> Tensor:
         ``(B, 2, s, s, s)`` PIR volume: channel 0 = AP repeated along P, channel 1 = LAT repeated along R.
     """
     if ap.shape != lat.shape or ap.ndim != 4 or ap.shape[1] != 1 or ap.shape[-1] != ap.shape[-2]:
-        raise ValueError(f"ap and lat must both be (B, 1, s, s); got {tuple(ap.shape)} and {tuple(lat.shape)}")
+        raise ValueError(
+            f"ap and lat must both be (B, 1, s, s); got {tuple(ap.shape)} and {tuple(lat.shape)}"
+        )
     s = ap.shape[-1]
     ap_vol = ap.unsqueeze(2).expand(-1, -1, s, -1, -1)  # (B,1,P,I,R)
     lat_vol = lat.unsqueeze(-1).expand(-1, -1, -1, -1, s)  # (B,1,P,I,R)

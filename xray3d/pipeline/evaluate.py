@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xray3d.callbacks.metrics_report import MetricsReport
-from xray3d.pipeline.train import CONF_DIR, _finish_wandb, build, report_paths
+from xray3d.pipeline.train import CONF_DIR, _finish_wandb, build, print_report, report_paths
 from xray3d.utils.instantiate import save_run_info
 
 __all__ = ["run", "main"]
@@ -35,7 +35,9 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     """
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass the path of a .ckpt written by train.py")
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt} does not exist; pass the path of a .ckpt written by train.py"
+        )
     train_cfg_path = _train_config_of(ckpt)
     if train_cfg_path is not None and cfg.get("use_train_model", True):
         train_cfg = OmegaConf.load(train_cfg_path)
@@ -48,11 +50,15 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
         if isinstance(cb, MetricsReport):
             cb.ckpt_path = str(ckpt)
     try:
-        objs["trainer"].test(objs["model"], datamodule=objs["datamodule"], ckpt_path=str(ckpt), weights_only=False)
+        objs["trainer"].test(
+            objs["model"], datamodule=objs["datamodule"], ckpt_path=str(ckpt), weights_only=False
+        )
         metrics = {k: float(v) for k, v in objs["trainer"].callback_metrics.items()}
         paths = report_paths(objs, cfg.paths.output_dir)
-        for key, value in paths.items():
-            log.info("%-16s %s", key, value)
+        paths.pop("best_checkpoint", None)
+        paths.pop("last_checkpoint", None)
+        paths["evaluated_ckpt"] = str(ckpt)
+        print_report(paths, objs["callbacks"])
         metrics["paths"] = paths
         return metrics, objs
     finally:

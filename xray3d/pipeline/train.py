@@ -32,7 +32,13 @@ def build(cfg: DictConfig) -> dict:
         if isinstance(cb, MetricsReport):
             cb.config_digest = config_digest(cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return {"datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+    return {
+        "datamodule": datamodule,
+        "model": model,
+        "callbacks": callbacks,
+        "loggers": loggers,
+        "trainer": trainer,
+    }
 
 
 def report_paths(objs: dict, output_dir: str) -> dict:
@@ -51,10 +57,32 @@ def report_paths(objs: dict, output_dir: str) -> dict:
     for lg in objs["loggers"]:
         if lg.__class__.__name__ == "WandbLogger":
             try:
-                out["wandb_run_dir"] = lg.experiment.dir
+                out["wandb_run_dir"] = str(Path(lg.experiment.dir).parent)
             except Exception:  # disabled mode has no directory
                 out["wandb_run_dir"] = None
     return out
+
+
+def print_report(paths: dict, callbacks: list) -> None:
+    """Print where everything is, and the held-out result against the mean-shape baseline."""
+    lines = ["", "=" * 72, "xray3d run finished"]
+    for key, value in paths.items():
+        if value:
+            lines.append(f"  {key:<16} {value}")
+    if paths.get("wandb_run_dir"):
+        lines.append(f"  (W&B ran offline: upload with `wandb sync {paths['wandb_run_dir']}`)")
+    for cb in callbacks:
+        summary = getattr(cb, "last_summary", None)
+        if summary:
+            m = summary["metrics"]
+            text = f"  held-out: n={summary['n_cases']} dice={m['dice']['mean']:.4f}"
+            text += f" hd95_mm={m['hd95_mm']['mean']:.2f} asd_mm={m['asd_mm']['mean']:.2f}"
+            text += f" nsd={m['nsd']['mean']:.4f}"
+            if summary.get("baseline"):
+                text += f" | mean-shape baseline dice={summary['baseline']['baseline_dice']['mean']:.4f}"
+            lines.append(text)
+    lines.append("=" * 72)
+    print("\n".join(lines), flush=True)
 
 
 def run(cfg: DictConfig) -> tuple[dict, dict]:
@@ -83,8 +111,7 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
             trainer.test(objs["model"], datamodule=objs["datamodule"], ckpt_path=ckpt, weights_only=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         paths = report_paths(objs, cfg.paths.output_dir)
-        for key, value in paths.items():
-            log.info("%-16s %s", key, value)
+        print_report(paths, objs["callbacks"])
         metrics["paths"] = paths
         return metrics, objs
     finally:

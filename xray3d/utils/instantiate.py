@@ -20,7 +20,9 @@ def instantiate_list(cfg: DictConfig | None, group: str) -> list:
     if cfg is None:
         return []
     if not isinstance(cfg, DictConfig):
-        raise TypeError(f"config group '{group}' must be a mapping of name -> object config, got {type(cfg).__name__}")
+        raise TypeError(
+            f"config group '{group}' must be a mapping of name -> object config, got {type(cfg).__name__}"
+        )
     objs = []
     for name, node in cfg.items():
         if isinstance(node, DictConfig) and "_target_" in node:
@@ -41,7 +43,9 @@ def save_run_info(cfg: DictConfig, output_dir: str | Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         sha = ""
     (out / "git_sha.txt").write_text((sha or "unknown") + "\n")

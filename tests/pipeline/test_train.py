@@ -1,0 +1,80 @@
+"""Integration: train.py / eval.py pipelines on the real embedded CT (tiny step counts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xray3d.pipeline import evaluate, train
+
+from ..conftest import compose_cfg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fast_dev_run(compose_train):
+    metrics, objs = train.run(compose_train("debug=fdr"))
+    assert "test/dice" in metrics and 0.0 <= metrics["test/dice"] <= 1.0
+
+
+def test_short_run_writes_checkpoint_report_and_baseline_then_eval(compose_train, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train("debug=limit", "logger=default")
+    metrics, objs = train.run(cfg)
+    out = Path(cfg.paths.output_dir)
+    best = metrics["paths"]["best_checkpoint"]
+    assert best and Path(best).is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    per_case = pd.read_csv(out / "metrics" / "per_case.csv")
+    assert list(per_case["sample_id"]) == ["chestct_vert-T7"]
+    assert {"dice", "hd95_mm", "asd_mm", "nsd", "baseline_dice", "level"} <= set(per_case.columns)
+    summary = json.loads((out / "metrics" / "summary.json").read_text())
+    assert summary["n_cases"] == 1 and summary["baseline"]["n_train_masks"] == 2
+    assert summary["ckpt_path"] == best and len(summary["config_digest"]) == 12
+    assert list(out.glob("wandb/offline-run-*")), "W&B offline run directory missing"
+    assert list((out / "images").glob("test_*.png"))
+
+    eval_cfg = compose_cfg("eval", [f"ckpt_path={best}", "logger=csv"], tmp_path / "eval", cfg.data.data_dir)
+    eval_metrics, _ = evaluate.run(eval_cfg)
+    ev = json.loads((tmp_path / "eval" / "metrics" / "summary.json").read_text())
+    assert ev["metrics"]["dice"]["mean"] == pytest.approx(summary["metrics"]["dice"]["mean"], abs=1e-6)
+
+
+def test_eval_missing_checkpoint_is_a_clear_error(tmp_path, embedded_small):
+    cfg = compose_cfg("eval", [f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path / "eval", embedded_small)
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        evaluate.run(cfg)
+
+
+def _cli(args: list[str], tmp_path: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "XRAY3D_LOG_DIR": str(tmp_path / "logs")}
+    cmd = [sys.executable, str(ROOT / "train.py"), *args, f"data.data_dir={data_dir}", "data.prepare=null"]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_multirun_over_models(tmp_path, embedded_small):
+    res = _cli(["-m", "model=unet,attention_unet", "debug=fdr"], tmp_path, embedded_small)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/*") if p.is_dir())
+    assert runs == ["0_embedded_vertebra_unet", "1_embedded_vertebra_attention_unet"]
+
+
+def test_cli_composes_overrides(tmp_path, embedded_small):
+    res = _cli(
+        ["model=attention_unet", "optimizer=adamw", "trainer.max_steps=2", "debug=limit", "logger=none"],
+        tmp_path,
+        embedded_small,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    resolved = next((tmp_path / "logs").rglob("config_resolved.yaml")).read_text()
+    assert "AttentionUnet" in resolved and "AdamW" in resolved
+
+
+def test_cli_unknown_model_fails_with_its_name(tmp_path, embedded_small):
+    res = _cli(["model=unett"], tmp_path, embedded_small)
+    assert res.returncode != 0 and "unett" in res.stderr

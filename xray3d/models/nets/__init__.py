@@ -1,0 +1,1 @@
+"""xray3d.models.nets."""
