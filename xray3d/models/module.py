@@ -26,6 +26,10 @@ class ReconstructionModule(L.LightningModule):
         scheduler: optional partial LR-scheduler factory ``scheduler(optimizer=...)``.
         threshold: probability above which a voxel is bone.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
+        inputs: batch keys passed to ``net`` in order; ``("mask",)`` trains a mask autoencoder (the
+            first stage of the TL-embedding model).
+        input_noise_std: std of Gaussian noise added to the inputs during training only (the
+            denoising autoencoder uses 0.1, i.e. variance 0.01, spec §3.6).
 
     Per-case evaluation rows of the last validation / test epoch are kept in ``self.case_rows[stage]``
     (sample id + :data:`~xray3d.metrics.image.METRIC_KEYS` + empty flags).
@@ -39,6 +43,8 @@ class ReconstructionModule(L.LightningModule):
         scheduler: Callable[..., object] | None = None,
         threshold: float = 0.5,
         nsd_tolerance_mm: float = 1.5,
+        inputs: tuple[str, ...] = ("ap", "lat"),
+        input_noise_std: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 < threshold < 1.0:
@@ -50,14 +56,30 @@ class ReconstructionModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.threshold = threshold
         self.nsd_tolerance_mm = nsd_tolerance_mm
+        if not inputs:
+            raise ValueError("model.inputs must name at least one batch key, e.g. [ap, lat]")
+        if input_noise_std < 0:
+            raise ValueError(f"model.input_noise_std must be >= 0, got {input_noise_std}")
+        self.inputs = tuple(inputs)
+        self.input_noise_std = float(input_noise_std)
         self.case_rows: dict[str, list[dict]] = {"val": [], "test": []}
 
-    def forward(self, ap: Tensor, lat: Tensor) -> Tensor:
-        """Logits ``(B, 1, s, s, s)`` for the two views."""
-        return self.net(ap, lat)
+    def forward(self, *inputs: Tensor) -> Tensor:
+        """Logits ``(B, 1, s, s, s)``; by default ``forward(ap, lat)``."""
+        return self.net(*inputs)
+
+    def net_inputs(self, batch: dict, noisy: bool = False) -> list[Tensor]:
+        """The tensors named by ``inputs``, with training noise when ``noisy``."""
+        missing = [k for k in self.inputs if k not in batch]
+        if missing:
+            raise KeyError(f"batch has no {missing} (model.inputs={list(self.inputs)}; keys {sorted(batch)})")
+        xs = [batch[k] for k in self.inputs]
+        if noisy and self.input_noise_std > 0:
+            xs = [x + torch.randn_like(x) * self.input_noise_std for x in xs]
+        return xs
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        logits = self(batch["ap"], batch["lat"])
+        logits = self(*self.net_inputs(batch, noisy=True))
         loss = self.loss_fn(logits, batch["mask"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
@@ -65,13 +87,13 @@ class ReconstructionModule(L.LightningModule):
         return loss
 
     # ---------------------------------------------------------------- evaluation
-    def predict_mask(self, ap: Tensor, lat: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(logits, binary mask)``."""
-        logits = self(ap, lat)
+    def predict_mask(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """Return ``(logits, binary mask)`` for a batch."""
+        logits = self(*self.net_inputs(batch))
         return logits, (torch.sigmoid(logits) > self.threshold)
 
     def _eval_step(self, batch: dict, stage: str) -> dict:
-        logits, pred = self.predict_mask(batch["ap"], batch["lat"])
+        logits, pred = self.predict_mask(batch)
         loss = self.loss_fn(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(logits))
         pred_np = pred.cpu().numpy()
@@ -114,7 +136,7 @@ class ReconstructionModule(L.LightningModule):
         self._log_epoch_metrics("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        logits, pred = self.predict_mask(batch["ap"], batch["lat"])
+        logits, pred = self.predict_mask(batch)
         return {"sample_id": batch["sample_id"], "prob": torch.sigmoid(logits), "pred": pred}
 
     def configure_optimizers(self):
