@@ -40,7 +40,7 @@ from torchio import ScalarImage, Subject
 
 __all__ = ["BiplanarProjector", "EmbeddedCT", "embedded_ct", "pir_affine", "minmax_normalize"]
 
-_RENDERERS = ("trilinear", "siddon")
+_RENDERERS = ("trilinear", "diffdrr_trilinear", "siddon")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ def embedded_ct() -> EmbeddedCT:
     return files
 
 
-def pir_affine(shape: tuple[int, int, int], spacing_mm: float, center_mm: tuple[float, float, float] = (0, 0, 0)):
+def pir_affine(
+    shape: tuple[int, int, int], spacing_mm: float, center_mm: tuple[float, float, float] = (0, 0, 0)
+):
     """World (RAS+, mm) affine of a PIR grid whose centre lies at ``center_mm``.
 
     Args:
@@ -146,7 +148,9 @@ class BiplanarProjector(torch.nn.Module):
         if renderer not in _RENDERERS:
             raise ValueError(f"projection.renderer must be one of {_RENDERERS}, got {renderer!r}")
         if source_to_isocenter_mm <= 0 or source_to_detector_mm <= 0:
-            raise ValueError("projection distances (source_to_isocenter_mm, source_to_detector_mm) must be > 0")
+            raise ValueError(
+                "projection distances (source_to_isocenter_mm, source_to_detector_mm) must be > 0"
+            )
         if pixel_spacing_mm <= 0:
             raise ValueError(f"projection.pixel_spacing_mm must be > 0, got {pixel_spacing_mm}")
         self.source_to_isocenter_mm = float(source_to_isocenter_mm)
@@ -187,7 +191,7 @@ class BiplanarProjector(torch.nn.Module):
                 sdd=self.source_to_detector_mm,
                 height=n_px,
                 delx=delx,
-                renderer=self.renderer,
+                renderer="siddon" if self.renderer == "siddon" else "trilinear",
                 reverse_x_axis=True,
             ).to(device)
             self._drr_cache[key] = drr
@@ -200,7 +204,9 @@ class BiplanarProjector(torch.nn.Module):
         if offsets_deg is None:
             return base.clone()
         if offsets_deg.shape != (batch, 2, 3):
-            raise ValueError(f"rotation offsets must have shape (B, 2, 3) = ({batch}, 2, 3), got {tuple(offsets_deg.shape)}")
+            raise ValueError(
+                f"rotation offsets must be (B, 2, 3) = ({batch}, 2, 3), got {tuple(offsets_deg.shape)}"
+            )
         return base + offsets_deg.to(device=device, dtype=torch.float32)
 
     def ray_geometry(
@@ -224,48 +230,92 @@ class BiplanarProjector(torch.nn.Module):
         device = torch.device("cpu")
         drr = self._drr(tuple(shape), spacing_mm, device)
         rot = self.poses_deg(None, 1, device)[0] if rotation_deg is None else rotation_deg.to(device).float()
-        xyz = torch.tensor([0.0, self.source_to_isocenter_mm, 0.0]).expand(rot.shape[0], -1)
-        pose = convert(rot * (math.pi / 180.0), xyz, parameterization="euler_angles", convention="ZXY")
         with torch.no_grad():
-            source, target = drr.detector(pose, None)
+            source, target, _, _ = self._rays(drr, rot)
         n = drr.detector.height
-        grid = target.reshape(2, n, n, 3).permute(0, 3, 1, 2)  # raw diffdrr layout, channels = xyz
+        grid = target.reshape(2, n, n, 3).permute(3, 0, 1, 2)  # (xyz, view, row, col), raw diffdrr layout
         ap, lat = self._to_model_layout(grid)
-        return source.reshape(2, 3), torch.cat([ap, lat]).permute(0, 2, 3, 1).contiguous()
+        return source.reshape(2, 3), torch.stack([ap[:, 0], lat[:, 0]]).permute(0, 2, 3, 1).contiguous()
 
     # ------------------------------------------------------------------ rendering
-    def _render_one(self, drr: DRR, mu: Tensor, rot_deg: Tensor) -> Tensor:
-        """Render ``len(rot_deg)`` views of one attenuation volume ``mu`` (D, H, W)."""
+    def _rays(self, drr: DRR, rot_deg: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """diffdrr geometry of ``V`` poses: world source ``(V, 1, 3)`` / pixel targets ``(V, R, 3)``, and
+        the same points in voxel coordinates of the ROI."""
         n_views = rot_deg.shape[0]
         rot = rot_deg * (math.pi / 180.0)
-        xyz = torch.tensor([0.0, self.source_to_isocenter_mm, 0.0], device=mu.device).expand(n_views, -1)
+        xyz = torch.tensor([0.0, self.source_to_isocenter_mm, 0.0], device=rot.device).expand(n_views, -1)
         pose = convert(rot, xyz, parameterization="euler_angles", convention="ZXY")
         source, target = drr.detector(pose, None)
+        return source, target, drr.affine_inverse(source), drr.affine_inverse(target)
+
+    @staticmethod
+    def _slab(src_v: Tensor, tgt_v: Tensor, dims: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-ray entry/exit ``alpha`` of the voxel box ``[-0.5, n - 0.5]^3``, clamped at the source."""
+        direction = tgt_v - src_v
+        direction = torch.where(direction.abs() < 1e-9, torch.full_like(direction, 1e-9), direction)
+        a0 = (-0.5 - src_v) / direction
+        a1 = (dims - 0.5 - src_v) / direction
+        amin = torch.minimum(a0, a1).amax(dim=-1, keepdim=True).clamp_min(0.0)
+        amax = torch.maximum(torch.maximum(a0, a1).amin(dim=-1, keepdim=True), amin)
+        return amin, amax
+
+    def _march(self, drr: DRR, mu: Tensor, poses: Tensor) -> Tensor:
+        """Batched ray march: one ``grid_sample`` call for every ray of every view of every volume.
+
+        The rays come from diffdrr's detector and pose model. Each ray is sampled at the midpoints of
+        ``K = max(D, H, W)`` equal steps between its entry and exit of the volume (about one sample per
+        voxel) and the trilinear samples are summed times the step length in mm.
+
+        Args:
+            drr: diffdrr geometry for the volume grid.
+            mu: ``(B, 1, D, H, W)`` attenuation (HU above threshold).
+            poses: ``(B, V, 3)`` ZXY Euler angles in degrees.
+
+        Returns:
+            ``(B, V, N, N)`` line integrals in raw diffdrr layout.
+        """
+        b, v = poses.shape[:2]
+        source, target, src_v, tgt_v = self._rays(drr, poses.reshape(b * v, 3))
+        dims = torch.tensor(mu.shape[2:], dtype=src_v.dtype, device=mu.device)
+        amin, amax = self._slab(src_v, tgt_v, dims)  # (BV, R, 1)
+        k = int(max(mu.shape[2:]))
+        frac = (torch.arange(k, device=mu.device, dtype=src_v.dtype) + 0.5) / k  # (K,)
+        alpha = amin + (amax - amin) * frac  # (BV, R, K)
+        # grid_sample wants (x, y, z) = (W, H, D) normalised to [-1, 1] with align_corners=False.
+        scale = 2.0 / dims.flip(0)
+        start = (src_v.flip(-1) + 0.5) * scale - 1.0  # (BV, 1, 3)
+        step = (tgt_v - src_v).flip(-1) * scale  # (BV, R, 3)
+        grid = torch.addcmul(start.unsqueeze(2), alpha.unsqueeze(-1), step.unsqueeze(2))  # (BV, R, K, 3)
+        n_rays = grid.shape[1]
+        grid = grid.reshape(b, v * n_rays, k, 1, 3)
+        samples = F.grid_sample(mu, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        length_mm = (target - source).norm(dim=-1).reshape(b, v * n_rays)
+        step_mm = (amax - amin).reshape(b, v * n_rays) / k * length_mm
+        img = samples.sum(dim=(-2, -1))[:, 0] * step_mm  # (B, V*R)
+        n = drr.detector.height
+        return img.reshape(b, v, n, n)
+
+    def _render_diffdrr(self, drr: DRR, mu: Tensor, rot_deg: Tensor) -> Tensor:
+        """diffdrr's own renderers (``siddon``, or ``trilinear`` with per-ray bounds) for one volume
+        ``mu`` (D, H, W); returns ``(V, N, N)`` in raw diffdrr layout."""
+        n_views = rot_deg.shape[0]
+        source, target, src_v, tgt_v = self._rays(drr, rot_deg)
         if self.renderer == "siddon":
             img = drr.render(mu, source, target)
         else:
-            # Per-ray slab test in voxel coordinates: box [-0.5, n - 0.5] per axis.
-            src_v = drr.affine_inverse(source)
-            tgt_v = drr.affine_inverse(target)
-            direction = tgt_v - src_v
-            direction = torch.where(direction.abs() < 1e-9, torch.full_like(direction, 1e-9), direction)
             dims = torch.tensor(mu.shape, dtype=src_v.dtype, device=mu.device)
-            a0 = (-0.5 - src_v) / direction
-            a1 = (dims - 0.5 - src_v) / direction
-            amin = torch.minimum(a0, a1).amax(dim=-1, keepdim=True).clamp_min(0.0)
-            amax = torch.maximum(a0, a1).amin(dim=-1, keepdim=True)
-            amax = torch.maximum(amax, amin)
+            amin, amax = self._slab(src_v, tgt_v, dims)
             n_points = int(max(mu.shape)) + 1
             img = drr.render(mu, source, target, n_points=n_points, alphamin=amin, alphamax=amax)
-        return drr.reshape_transform(img, batch_size=n_views)  # (V, 1, N, N) raw diffdrr layout
+        return drr.reshape_transform(img, batch_size=n_views)[:, 0]
 
     @staticmethod
     def _to_model_layout(raw: Tensor) -> tuple[Tensor, Tensor]:
-        """Map diffdrr's raw (V=2, 1, N, N) output to the documented AP (I, R) and LAT (P, I) layouts."""
+        """Map raw diffdrr ``(B, 2, N, N)`` images to the documented AP (I, R) and LAT (P, I) layouts."""
         # diffdrr rows run superior->inferior for both views. AP columns run patient right->left and
         # LAT columns anterior->posterior (install-notes; verified by tests/data/test_projection.py).
-        ap = raw[0:1].flip(-1)  # (I, R)
-        lat = raw[1:2].transpose(-1, -2)  # (P, I)
+        ap = raw[:, 0:1].flip(-1)  # (B, 1, I, R)
+        lat = raw[:, 1:2].transpose(-1, -2)  # (B, 1, P, I)
         return ap, lat
 
     def forward(
@@ -273,7 +323,6 @@ class BiplanarProjector(torch.nn.Module):
         ct_hu: Tensor,
         spacing_mm: float,
         rotation_offsets_deg: Tensor | None = None,
-        intensity_scale: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Render both views of every CT ROI in the batch, on the batch's device.
 
@@ -281,7 +330,6 @@ class BiplanarProjector(torch.nn.Module):
             ct_hu: ``(B, 1, D, H, W)`` PIR CT ROIs in Hounsfield units.
             spacing_mm: isotropic voxel size of the ROIs.
             rotation_offsets_deg: optional ``(B, 2, 3)`` pose perturbation (AP, LAT) in degrees.
-            intensity_scale: optional ``(B,)`` multiplier of the attenuation (augmentation).
 
         Returns:
             ``{"ap": (B, 1, n, n), "lat": (B, 1, n, n)}`` float32, min-max normalised when enabled.
@@ -295,16 +343,12 @@ class BiplanarProjector(torch.nn.Module):
         drr = self._drr(shape, spacing_mm, device)
         poses = self.poses_deg(rotation_offsets_deg, batch, device)
         mu = (ct_hu.float() - self.hu_threshold).clamp_min(0.0)
-        aps, lats = [], []
         with torch.no_grad():
-            for b in range(batch):
-                raw = self._render_one(drr, mu[b, 0], poses[b])
-                if intensity_scale is not None:
-                    raw = raw * intensity_scale[b]
-                ap, lat = self._to_model_layout(raw)
-                aps.append(ap)
-                lats.append(lat)
-        ap, lat = torch.cat(aps), torch.cat(lats)
+            if self.renderer == "trilinear":
+                raw = self._march(drr, mu, poses)
+            else:
+                raw = torch.stack([self._render_diffdrr(drr, mu[i, 0], poses[i]) for i in range(batch)])
+        ap, lat = self._to_model_layout(raw)
         out_px = self.output_px or shape[0]
         if ap.shape[-1] != out_px:
             ap = F.interpolate(ap, size=(out_px, out_px), mode="bilinear", align_corners=True)
