@@ -65,3 +65,26 @@ def test_full_preparation_with_rib(tmp_path):
     assert img.shape == (128, 128, 128) and np.allclose(nib.affines.voxel_sizes(img.affine), 2.5)
     skipped = json.loads((tmp_path / "manifest.json").read_text())["skipped"]
     assert any(s["sample_id"] == "chestct_vert-L2" and "cut" in s["reason"] for s in skipped)
+
+
+def test_a_failing_sample_is_skipped_and_reported(tmp_path, monkeypatch):
+    import xray3d.data.embedded as emb
+
+    real = emb.extract_roi
+
+    def flaky(ct, mask, centre, grid, spacing):
+        if mask.sum() and centre[2] > -1e9 and flaky.calls == 0:
+            flaky.calls += 1
+            raise emb.DataError("simulated failure while resampling")
+        return real(ct, mask, centre, grid, spacing)
+
+    flaky.calls = 0
+    monkeypatch.setattr(emb, "extract_roi", flaky)
+    prepare_embedded(tmp_path, include_rib=False, levels=["T6", "T7"])
+    meta = json.loads((tmp_path / "manifest.json").read_text())
+    assert [s["sample_id"] for s in meta["samples"]] == ["chestct_vert-T7"]
+    assert any(s["sample_id"] == "chestct_vert-T6" and "simulated" in s["reason"] for s in meta["skipped"])
+    monkeypatch.setattr(emb, "extract_roi", real)
+    prepare_embedded(tmp_path, include_rib=False, levels=["T6", "T7"])  # a re-run redoes only T6
+    meta = json.loads((tmp_path / "manifest.json").read_text())
+    assert [s["sample_id"] for s in meta["samples"]] == ["chestct_vert-T6", "chestct_vert-T7"]

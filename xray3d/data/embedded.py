@@ -132,8 +132,13 @@ def prepare_embedded(
         if sample_id in previous:
             rows.append(previous[sample_id])
             return
-        centre = label_centroid_mm(mask, ct.affine)
-        ct_roi, msk_roi = extract_roi(ct, mask, centre, preset.grid_size, preset.spacing_mm)
+        try:
+            centre = label_centroid_mm(mask, ct.affine)
+            ct_roi, msk_roi = extract_roi(ct, mask, centre, preset.grid_size, preset.spacing_mm)
+        except (DataError, RuntimeError, ValueError) as exc:  # one bad sample must not stop the others
+            log.warning("skipping %s: %s", sample_id, exc)
+            skipped.append({"sample_id": sample_id, "reason": f"{type(exc).__name__}: {exc}", "failed": True})
+            return
         voxels = int(np.asarray(msk_roi.dataobj).sum())
         if voxels == 0:
             skipped.append({"sample_id": sample_id, "reason": "empty mask after ROI extraction"})
@@ -190,7 +195,7 @@ def prepare_embedded(
         {
             "digest": digest,
             "settings": settings,
-            "complete": True,
+            "complete": not any(s.get("failed") for s in skipped),
             "orientation": "PIR",
             "units": "HU",
             "source": str(files.ct),

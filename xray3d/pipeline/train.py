@@ -10,7 +10,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from xray3d.callbacks.metrics_report import MetricsReport
-from xray3d.utils.instantiate import config_digest, instantiate_list, save_run_info
+from xray3d.utils.instantiate import config_digest, instantiate_list, log_hyperparameters, save_run_info
 
 __all__ = ["run", "main", "CONF_DIR"]
 
@@ -97,6 +97,7 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     objs = build(cfg)
     trainer: L.Trainer = objs["trainer"]
     try:
+        log_hyperparameters(cfg, objs["model"], objs["loggers"])
         metrics: dict = {}
         if cfg.get("train", True):
             trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.get("ckpt_path"))

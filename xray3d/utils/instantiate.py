@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["instantiate_list", "config_digest", "save_run_info"]
+__all__ = ["instantiate_list", "config_digest", "save_run_info", "log_hyperparameters"]
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +49,15 @@ def save_run_info(cfg: DictConfig, output_dir: str | Path) -> None:
     except OSError:
         sha = ""
     (out / "git_sha.txt").write_text((sha or "unknown") + "\n")
+
+
+def log_hyperparameters(cfg: DictConfig, model, loggers: list) -> None:
+    """Send the composed config (resolved) and the parameter counts to every logger."""
+    if not loggers:
+        return
+    params = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+    params["model/params_total"] = sum(p.numel() for p in model.parameters())
+    params["model/params_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params["config_digest"] = config_digest(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(params)
