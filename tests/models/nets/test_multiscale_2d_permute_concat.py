@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from xray3d.models.nets.multiscale_2d_permute_concat import MultiScale2DPermuteConcat
+
+from .axis_probe import EXPECTED_MOVES, axis_moves, positive_probe
 
 # Exact counts of xray3d's model, and spec §3.1's counts of the reference, which also holds upsamplers it
 # never calls: 8 transposed Conv3d 32->32 and 5 transposed Conv2d d->d (d = 4, 8, 16, 32, 64) per view.
@@ -16,61 +18,6 @@ _UP3D = 32 * 32 * 27 + 32 + 2 * 32  # transposed Conv3d 32->32, k3, + BatchNorm
 
 def _up2d(d: int) -> int:
     return d * d * 9 + d + 2 * d  # transposed Conv2d d->d, k3, + BatchNorm
-
-
-def _positive_probe(model: nn.Module) -> nn.Module:
-    """Make ``model`` a positive linear map: constant positive weights, zero biases, eval mode.
-
-    With all-ones inputs every ReLU is then active (and max-pooling picks a fixed pixel), so the input
-    gradient of an output region counts the weighted paths from each pixel to that region: a blob whose
-    position depends only on how the network routes image axes to volume axes.
-    """
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)):
-                m.weight.fill_(m.weight.shape[0] / m.weight.numel())
-                if m.bias is not None:
-                    m.bias.zero_()
-    return model.requires_grad_(False).eval()  # gradients w.r.t. the inputs only
-
-
-def _input_grads(model: nn.Module, s: int, target: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-    """|d(sum of the 3^3 output region at PIR ``target``) / d(input)| for the AP and LAT images."""
-    ap = torch.ones(1, 1, s, s, requires_grad=True)
-    lat = torch.ones(1, 1, s, s, requires_grad=True)
-    p, i, r = target
-    model(ap, lat)[0, 0, p - 1 : p + 2, i - 1 : i + 2, r - 1 : r + 2].sum().backward()
-    return ap.grad[0, 0].abs(), lat.grad[0, 0].abs()
-
-
-def _centroid(g: Tensor) -> Tensor:
-    """(row, column) centroid of ``g**2``."""
-    w = g.double() ** 2
-    w = w / w.sum()
-    idx = torch.arange(g.shape[0], dtype=w.dtype)
-    return torch.stack([(w.sum(1) * idx).sum(), (w.sum(0) * idx).sum()])
-
-
-def _axis_moves(model: nn.Module, s: int) -> dict[str, tuple]:
-    """Move the output target by s/2 along P, I and R; report which AP/LAT (row, col) centroids follow."""
-    base = (s // 4, s // 4, s // 4)
-    ap0, lat0 = (_centroid(g) for g in _input_grads(model, s, base))
-    moves = {}
-    for axis, name in enumerate("PIR"):
-        target = list(base)
-        target[axis] += s // 2
-        ap, lat = (_centroid(g) for g in _input_grads(model, s, tuple(target)))
-        flags = []
-        for shift in (ap - ap0, lat - lat0):
-            for c in shift.tolist():
-                assert c > s / 4 or abs(c) < 1e-2, f"ambiguous centroid shift {c:.3f} for a move along {name}"
-            flags.append(tuple(int(c > s / 4) for c in shift.tolist()))
-        moves[name] = tuple(flags)
-    return moves
-
-
-# AP rows = I, AP cols = R; LAT rows = P, LAT cols = I.  Entry: (AP (row, col), LAT (row, col)) that move.
-EXPECTED_MOVES = {"P": ((0, 0), (1, 0)), "I": ((1, 0), (0, 1)), "R": ((0, 1), (0, 0))}
 
 
 @pytest.mark.parametrize(("s", "batch"), [(16, 2), (32, 2), (64, 1)])
@@ -137,14 +84,17 @@ def test_rejects_bad_img_size(s: int) -> None:
 def test_axis_alignment() -> None:
     """AP channels -> P, AP (I, R) -> (I, R); LAT (P, I) -> (P, I), LAT channels -> R."""
     s = 32
-    assert _axis_moves(_positive_probe(MultiScale2DPermuteConcat(img_size=s)), s) == EXPECTED_MOVES
+    assert (
+        axis_moves(positive_probe(MultiScale2DPermuteConcat(img_size=s)), s, min_shift=s / 4)
+        == EXPECTED_MOVES
+    )
 
 
 def test_axis_check_catches_the_reference_lat_transpose() -> None:
     """The reference's ``lat.transpose(1, -1)`` puts the LAT image's P on volume I and its I on volume P."""
     s = 32
-    model = _positive_probe(MultiScale2DPermuteConcat(img_size=s))
+    model = positive_probe(MultiScale2DPermuteConcat(img_size=s))
     model.lat_to_volume = lambda lat_map: lat_map.transpose(1, -1).unsqueeze(1).contiguous()
-    moves = _axis_moves(model, s)
+    moves = axis_moves(model, s, min_shift=s / 4)
     assert moves != EXPECTED_MOVES
     assert moves["P"][1] == (0, 1) and moves["I"][1] == (1, 0)  # LAT rows follow I, columns follow P

@@ -4,77 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from xray3d.models.nets.twod_permute_concat import TwoDPermuteConcat
 
+from .axis_probe import EXPECTED_MOVES, axis_moves, positive_probe
+
 # spec §3.1: 1.25M at s=128, 1.19M at s=64; the exact counts pin the layer configuration.
 PARAMS = {64: (1_194_049, 1.19e6), 128: (1_249_537, 1.25e6)}
-
-
-def _positive_probe(model: nn.Module) -> nn.Module:
-    """Make ``model`` a positive linear map: constant positive weights, zero biases, eval mode.
-
-    With all-ones inputs every ReLU is then active, so the input gradient of an output region counts the
-    weighted paths from each pixel to that region: a smooth blob whose position depends only on how the
-    network routes image axes to volume axes (no cancellation noise from random signed weights).
-    """
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)):
-                m.weight.fill_(m.weight.shape[0] / m.weight.numel())
-                if m.bias is not None:
-                    m.bias.zero_()
-    return model.requires_grad_(False).eval()  # gradients w.r.t. the inputs only
-
-
-def _input_grads(model: nn.Module, s: int, target: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-    """|d(sum of the 3^3 output region at PIR ``target``) / d(input)| for the AP and LAT images."""
-    ap = torch.ones(1, 1, s, s, requires_grad=True)
-    lat = torch.ones(1, 1, s, s, requires_grad=True)
-    p, i, r = target
-    model(ap, lat)[0, 0, p - 1 : p + 2, i - 1 : i + 2, r - 1 : r + 2].sum().backward()
-    return ap.grad[0, 0].abs(), lat.grad[0, 0].abs()
-
-
-def _centroid(g: Tensor) -> Tensor:
-    """(row, column) centroid of ``g**2``."""
-    w = g.double() ** 2
-    w = w / w.sum()
-    idx = torch.arange(g.shape[0], dtype=w.dtype)
-    return torch.stack([(w.sum(1) * idx).sum(), (w.sum(0) * idx).sum()])
-
-
-def _axis_shifts(model: nn.Module, s: int) -> dict[str, tuple[Tensor, Tensor]]:
-    """For a move of the output target along P, I and R: the (row, col) shift of the AP and LAT centroids."""
-    base = (s // 4, s // 4, s // 4)
-    ap0, lat0 = (_centroid(g) for g in _input_grads(model, s, base))
-    shifts = {}
-    for axis, name in enumerate("PIR"):
-        target = list(base)
-        target[axis] += s // 2
-        ap, lat = (_centroid(g) for g in _input_grads(model, s, tuple(target)))
-        shifts[name] = (ap - ap0, lat - lat0)
-    return shifts
-
-
-# AP rows = I, AP cols = R; LAT rows = P, LAT cols = I.  Entry: (AP (row, col), LAT (row, col)) that move.
-EXPECTED_MOVES = {"P": ((0, 0), (1, 0)), "I": ((1, 0), (0, 1)), "R": ((0, 1), (0, 0))}
-
-
-def _moves(shifts: dict[str, tuple[Tensor, Tensor]], min_shift: float) -> dict[str, tuple]:
-    """Which centroid components moved forward (1) or stayed put (0); anything else raises."""
-    out = {}
-    for name, (ap, lat) in shifts.items():
-        flags = []
-        for v in (ap, lat):
-            for c in v.tolist():
-                assert c > min_shift or abs(c) < 1e-3, (
-                    f"ambiguous centroid shift {c:.3f} for a move along {name}"
-                )
-            flags.append(tuple(int(c > min_shift) for c in v.tolist()))
-        out[name] = tuple(flags)
-    return out
 
 
 @pytest.mark.parametrize(("s", "batch"), [(16, 2), (32, 2), (64, 1)])
@@ -141,5 +78,5 @@ def test_axis_alignment() -> None:
     centroids, along R only the AP column centroid. A swapped extrusion or a transposed view fails this.
     """
     s = 64
-    shifts = _axis_shifts(_positive_probe(TwoDPermuteConcat(img_size=s)), s)
-    assert _moves(shifts, min_shift=s / 16) == EXPECTED_MOVES
+    shifts = axis_moves(positive_probe(TwoDPermuteConcat(img_size=s)), s, min_shift=s / 16, still_tol=1e-3)
+    assert shifts == EXPECTED_MOVES
