@@ -11,8 +11,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from monai.networks.blocks import Convolution
 from torch import Tensor, nn
+
+from xray3d.models.nets.blocks import conv_stack
 
 __all__ = ["OneDConcat"]
 
@@ -76,47 +77,13 @@ class OneDConcat(nn.Module):
             nn.Linear(2 * flat, bottleneck_size), nn.BatchNorm1d(bottleneck_size), nn.ReLU()
         )
         channels = [decoder_top_channels >> k for k in range(n_up - 1)] + [1]
-        layers = []
-        in_ch = bottleneck_size
-        for k, out_ch in enumerate(channels):
-            last = k == len(channels) - 1
-            layers.append(
-                Convolution(
-                    spatial_dims=3,
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    strides=2,
-                    kernel_size=3,
-                    is_transposed=True,
-                    act="RELU",
-                    norm="BATCH",
-                    dropout=None if last else dropout,
-                    conv_only=last,
-                )
-            )
-            in_ch = out_ch
-        self.decoder = nn.Sequential(*layers)
+        self.decoder = conv_stack(
+            3, bottleneck_size, channels, strides=2, dropout=dropout, transposed=True, last_conv_only=True
+        )
 
     @staticmethod
     def _encoder(channels: Sequence[int], dropout: float) -> nn.Module:
-        layers: list[nn.Module] = []
-        in_ch = 1
-        for out_ch in channels:
-            layers.append(
-                Convolution(
-                    spatial_dims=2,
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    strides=2,
-                    kernel_size=3,
-                    act="RELU",
-                    norm="BATCH",
-                    dropout=dropout,
-                )
-            )
-            in_ch = out_ch
-        layers.append(nn.Flatten())
-        return nn.Sequential(*layers)
+        return nn.Sequential(*conv_stack(2, 1, channels, strides=2, dropout=dropout), nn.Flatten())
 
     def forward(self, ap: Tensor, lat: Tensor) -> Tensor:
         """Map ``ap`` (B,1,s,s) and ``lat`` (B,1,s,s) to ``(B, 1, s, s, s)`` logits.

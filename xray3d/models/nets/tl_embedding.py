@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
 from xray3d.models.adapters import lift_to_volume
+from xray3d.models.nets.blocks import conv_stack
 
 __all__ = ["LatentDecoder", "TLAutoEncoder", "TLPredictor", "load_autoencoder"]
 
@@ -35,22 +35,7 @@ def _check_img_size(img_size: int, model: str) -> None:
 
 def _conv_encoder(in_channels: int, channels: Sequence[int], dropout: float, norm: str) -> nn.Sequential:
     """Stride-2 3D conv blocks (conv -> norm -> dropout -> ReLU), one per entry of ``channels``."""
-    layers = []
-    for out_ch in channels:
-        layers.append(
-            Convolution(
-                spatial_dims=3,
-                in_channels=in_channels,
-                out_channels=out_ch,
-                strides=2,
-                kernel_size=3,
-                act="RELU",
-                norm=norm,
-                dropout=dropout,
-            )
-        )
-        in_channels = out_ch
-    return nn.Sequential(*layers)
+    return conv_stack(3, in_channels, channels, strides=2, norm=norm, dropout=dropout)
 
 
 class LatentDecoder(nn.Module):
@@ -75,26 +60,9 @@ class LatentDecoder(nn.Module):
         self.grid = (channels[-1], side, side, side)
         self.fc = nn.Linear(latent_dim, math.prod(self.grid))
         outs = [*reversed(channels[:-1]), 1]
-        layers = []
-        in_ch = channels[-1]
-        for k, out_ch in enumerate(outs):
-            last = k == len(outs) - 1
-            layers.append(
-                Convolution(
-                    spatial_dims=3,
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    strides=2,
-                    kernel_size=3,
-                    is_transposed=True,
-                    act="RELU",
-                    norm=norm,
-                    dropout=None if last else dropout,
-                    conv_only=last,
-                )
-            )
-            in_ch = out_ch
-        self.convs = nn.Sequential(*layers)
+        self.convs = conv_stack(
+            3, channels[-1], outs, strides=2, norm=norm, dropout=dropout, transposed=True, last_conv_only=True
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         """``(B, latent_dim)`` code -> ``(B, 1, s, s, s)`` logits."""

@@ -12,6 +12,8 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
+from xray3d.models.nets.blocks import conv_stack
+
 __all__ = ["TwoDPermuteConcat"]
 
 
@@ -88,50 +90,22 @@ class TwoDPermuteConcat(nn.Module):
         self.ap_expansion = self._expansion(feat, depth, (2, 1, 1), dropout)
         self.lat_expansion = self._expansion(feat, depth, (1, 1, 2), dropout)
 
-        layers = []
-        in_ch = 2 * feat
-        for i, (out_ch, stride, kernel) in enumerate(
-            zip(decoder_channels, decoder_strides, decoder_kernel_sizes, strict=True)
-        ):
-            last = i == len(decoder_channels) - 1
-            layers.append(
-                Convolution(
-                    spatial_dims=3,
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    strides=stride,
-                    kernel_size=kernel,
-                    is_transposed=True,
-                    act="RELU",
-                    norm="BATCH",
-                    dropout=None if last else dropout,
-                    conv_only=last,
-                )
-            )
-            in_ch = out_ch
-        self.decoder = nn.Sequential(*layers)
+        self.decoder = conv_stack(
+            3,
+            2 * feat,
+            decoder_channels,
+            strides=decoder_strides,
+            kernel_sizes=decoder_kernel_sizes,
+            dropout=dropout,
+            transposed=True,
+            last_conv_only=True,
+        )
 
     @staticmethod
     def _encoder(
         channels: tuple[int, ...], strides: tuple[int, ...], kernel: int, dropout: float
     ) -> nn.Module:
-        layers = []
-        in_ch = 1
-        for out_ch, stride in zip(channels, strides, strict=True):
-            layers.append(
-                Convolution(
-                    spatial_dims=2,
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    strides=stride,
-                    kernel_size=kernel,
-                    act="RELU",
-                    norm="BATCH",
-                    dropout=dropout,
-                )
-            )
-            in_ch = out_ch
-        return nn.Sequential(*layers)
+        return conv_stack(2, 1, channels, strides=strides, kernel_sizes=kernel, dropout=dropout)
 
     @staticmethod
     def _expansion(channels: int, depth: int, stride: tuple[int, int, int], dropout: float) -> nn.Module:
