@@ -14,7 +14,7 @@ from xray3d.models.nets.monai_nets import swin_unetr, unetr
 
 from ...conftest import compose_cfg
 
-S = 32  # smallest grid SwinUNETR accepts
+S = 32  # smallest grid SwinUNETR accepts (with batch norm; instance norm needs 64)
 
 
 def _count(module: nn.Module) -> int:
