@@ -44,6 +44,11 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
         with open_dict(cfg):
             cfg.model = train_cfg.model
         log.info("model config taken from %s", train_cfg_path)
+    if OmegaConf.select(cfg, "model.net.autoencoder_ckpt") is not None:
+        # A stage-2 (TL-embedding) checkpoint holds the frozen decoder's weights itself: do not depend on
+        # the stage-1 file still being where training found it.
+        with open_dict(cfg):
+            cfg.model.net.autoencoder_ckpt = None
     save_run_info(cfg, cfg.paths.output_dir)
     objs = build(cfg)
     for cb in objs["callbacks"]:

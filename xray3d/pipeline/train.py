@@ -45,10 +45,15 @@ def report_paths(objs: dict, output_dir: str) -> dict:
     """Where the checkpoint, metrics and W&B run of a finished run are."""
     trainer: L.Trainer = objs["trainer"]
     ckpt = trainer.checkpoint_callback
+    last = getattr(ckpt, "last_model_path", None) or None
+    if getattr(ckpt, "dirpath", None) and (Path(ckpt.dirpath) / "last.ckpt").is_file():
+        # trainer.test(ckpt_path="best") restores the callback state saved with the best checkpoint,
+        # which can predate last.ckpt: look on disk.
+        last = str(Path(ckpt.dirpath) / "last.ckpt")
     out = {
         "run_dir": output_dir,
         "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
-        "last_checkpoint": getattr(ckpt, "last_model_path", None) or None,
+        "last_checkpoint": last,
     }
     for cb in objs["callbacks"]:
         if isinstance(cb, MetricsReport):

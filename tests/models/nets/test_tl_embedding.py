@@ -112,7 +112,7 @@ def test_predictor_loads_autoencoder(tmp_path: Path, style: str) -> None:
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "last.ckpt"
-    with pytest.raises(FileNotFoundError, match=r"nope.*run stage 1 first \(experiment=tl_embedding/stage1"):
+    with pytest.raises(FileNotFoundError, match=r"nope.*run stage 1 first.*experiment=tl_embedding/stage1"):
         TLPredictor(img_size=S, autoencoder_ckpt=str(path))
 
 
@@ -140,3 +140,10 @@ def test_rejects_bad_img_size(s: int) -> None:
     for cls in (TLAutoEncoder, TLPredictor):
         with pytest.raises(ValueError, match="divisible by 16 and >= 32"):
             cls(img_size=s)
+
+
+def test_training_without_a_stage1_checkpoint_is_refused_when_required() -> None:
+    model = TLPredictor(img_size=32, require_autoencoder=True)
+    model.eval()  # building and evaluating are fine
+    with pytest.raises(ValueError, match="no stage-1 autoencoder.*run stage 1 first"):
+        model.train()

@@ -22,7 +22,10 @@ from xray3d.models.nets.blocks import conv_stack
 
 __all__ = ["LatentDecoder", "TLAutoEncoder", "TLPredictor", "load_autoencoder"]
 
-_STAGE1_HINT = "run stage 1 first (experiment=tl_embedding/stage1_autoencoder)"
+_STAGE1_HINT = (
+    "run stage 1 first (python -m xray3d.pipeline.two_stage runs both stages; "
+    "or python train.py experiment=tl_embedding/stage1_autoencoder)"
+)
 
 
 def _check_img_size(img_size: int, model: str) -> None:
@@ -188,6 +191,8 @@ class TLPredictor(nn.Module):
         ae_channels: encoder channels of the stage-1 autoencoder.
         dropout: dropout probability of the predictor's conv blocks.
         norm: MONAI norm name of the conv blocks (autoencoder and predictor).
+        require_autoencoder: refuse to *train* without a stage-1 checkpoint (a random frozen decoder
+            would train silently to nothing); building and evaluating still work.
 
     Raises:
         FileNotFoundError: if ``autoencoder_ckpt`` is given but missing.
@@ -205,12 +210,15 @@ class TLPredictor(nn.Module):
         ae_channels: Sequence[int] = (8, 16, 32, 64),
         dropout: float = 0.1,
         norm: str = "INSTANCE",
+        require_autoencoder: bool = False,
     ) -> None:
         super().__init__()
         _check_img_size(img_size, type(self).__name__)
         if len(channels) != 4:
             raise ValueError(f"channels needs 4 entries (s -> s/16); got {list(channels)}")
         self.img_size = img_size
+        self.has_autoencoder = autoencoder_ckpt is not None
+        self.require_autoencoder = require_autoencoder
         autoencoder = TLAutoEncoder(img_size, latent_dim, ae_channels, dropout, norm)
         if autoencoder_ckpt is not None:
             load_autoencoder(autoencoder_ckpt, autoencoder)
@@ -222,7 +230,16 @@ class TLPredictor(nn.Module):
         self.decoder.eval()
 
     def train(self, mode: bool = True) -> TLPredictor:
-        """Set train/eval mode; the frozen decoder always stays in eval mode."""
+        """Set train/eval mode; the frozen decoder always stays in eval mode.
+
+        Raises:
+            ValueError: when training is requested without a stage-1 autoencoder and
+                ``require_autoencoder`` is set.
+        """
+        if mode and self.require_autoencoder and not self.has_autoencoder:
+            raise ValueError(
+                "TLPredictor has no stage-1 autoencoder (model.net.autoencoder_ckpt is null): " + _STAGE1_HINT
+            )
         super().train(mode)
         self.decoder.eval()
         return self
