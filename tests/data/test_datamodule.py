@@ -57,3 +57,16 @@ def test_wrong_anatomy_is_an_error(embedded_small):
 def test_argument_validation(embedded_small):
     with pytest.raises(ValueError, match="batch_size"):
         BiplanarDataModule(str(embedded_small), BiplanarProjector(), batch_size=0)
+
+
+def test_after_transfer_hook_augments_only_while_training(dm):
+    from types import SimpleNamespace
+
+    batch = default_collate([dm.dataset("val")[0]])
+    dm.trainer = SimpleNamespace(training=False)
+    a = dm.on_after_batch_transfer(dict(batch), 0)
+    b = dm.on_after_batch_transfer(dict(batch), 0)
+    assert torch.equal(a["ap"], b["ap"]) and torch.equal(a["lat"], b["lat"])
+    dm.trainer = SimpleNamespace(training=True)
+    c = dm.on_after_batch_transfer(dict(batch), 0)
+    assert not torch.equal(a["lat"], c["lat"])
