@@ -17,6 +17,9 @@ one empty      0.0     inf          inf          0.0
 =============  ======  ===========  ===========  =====
 
 ``empty_pred`` / ``empty_gt`` flags are returned so reports can count them.
+
+``convention="reference"`` switches to the reference benchmark's definitions (voxel-unit ``hd95_vox`` and
+``asd_vox``, GT-side NSD); see :mod:`xray3d.metrics.reference`.
 """
 
 from __future__ import annotations
@@ -27,9 +30,21 @@ from collections.abc import Sequence
 import numpy as np
 import surface_distance as sd
 
-__all__ = ["binary_metrics", "METRIC_KEYS"]
+__all__ = ["binary_metrics", "METRIC_KEYS", "CONVENTIONS", "metric_keys"]
 
 METRIC_KEYS = ("dice", "hd95_mm", "asd_mm", "nsd")
+CONVENTIONS = ("mm", "reference")
+
+
+def metric_keys(convention: str = "mm") -> tuple[str, ...]:
+    """The metric column names of a convention (units in the names: ``_mm`` or ``_vox``)."""
+    if convention == "mm":
+        return METRIC_KEYS
+    if convention == "reference":
+        from xray3d.metrics.reference import REFERENCE_METRIC_KEYS
+
+        return REFERENCE_METRIC_KEYS
+    raise ValueError(f"unknown metric convention {convention!r}; choose one of {CONVENTIONS}")
 
 
 def binary_metrics(
@@ -37,6 +52,7 @@ def binary_metrics(
     gt: np.ndarray,
     spacing_mm: float | Sequence[float],
     nsd_tolerance_mm: float = 1.5,
+    convention: str = "mm",
 ) -> dict[str, float | bool]:
     """Compare a binary prediction with a binary ground truth on the same grid.
 
@@ -45,10 +61,19 @@ def binary_metrics(
         gt: ground-truth mask, same shape.
         spacing_mm: voxel size, one value (isotropic) or one per axis.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
+        convention: ``"mm"`` (default, this module) or ``"reference"``
+            (:func:`xray3d.metrics.reference.reference_metrics`).
 
     Returns:
-        ``{"dice", "hd95_mm", "asd_mm", "nsd", "empty_pred", "empty_gt"}``.
+        ``{"dice", "hd95_mm", "asd_mm", "nsd", "empty_pred", "empty_gt"}``; in the reference convention
+        ``{"dice", "hd95_vox", "asd_vox", "nsd", "empty_pred", "empty_gt"}``.
     """
+    if convention == "reference":
+        from xray3d.metrics.reference import reference_metrics
+
+        return reference_metrics(pred, gt, spacing_mm, nsd_tolerance_mm)
+    if convention != "mm":
+        raise ValueError(f"unknown metric convention {convention!r}; choose one of {CONVENTIONS}")
     pred = np.asarray(pred).astype(bool)
     gt = np.asarray(gt).astype(bool)
     if pred.shape != gt.shape or pred.ndim != 3:
