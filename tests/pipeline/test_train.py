@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from xray3d.pipeline import evaluate, train
 
@@ -30,6 +31,8 @@ def test_short_run_writes_checkpoint_report_and_baseline_then_eval(compose_train
     out = Path(cfg.paths.output_dir)
     best = metrics["paths"]["best_checkpoint"]
     assert best and Path(best).is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == cfg.trainer.max_steps  # the final weights, not the last best
     per_case = pd.read_csv(out / "metrics" / "per_case.csv")
     assert list(per_case["sample_id"]) == ["chestct_vert-T7"]
     assert {"dice", "hd95_mm", "asd_mm", "nsd", "baseline_dice", "level"} <= set(per_case.columns)
@@ -78,3 +81,15 @@ def test_cli_composes_overrides(tmp_path, embedded_small):
 def test_cli_unknown_model_fails_with_its_name(tmp_path, embedded_small):
     res = _cli(["model=unett"], tmp_path, embedded_small)
     assert res.returncode != 0 and "unett" in res.stderr
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(compose_train, tmp_path):
+    cfg = compose_train("debug=limit", "logger=none", "trainer.max_steps=4", "test=false")
+    train.run(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+    resumed = compose_train(
+        "debug=limit", "logger=none", "trainer.max_steps=8", "test=false", f"ckpt_path={last}"
+    )
+    train.run(resumed)
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 8

@@ -49,7 +49,7 @@ class ReconstructionModule(L.LightningModule):
         super().__init__()
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"model.threshold must be in (0, 1), got {threshold}")
-        self.save_hyperparameters(ignore=["net", "loss"], logger=False)
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.loss_fn = loss
         self.optimizer_factory = optimizer

@@ -105,7 +105,12 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
         log_hyperparameters(cfg, objs["model"], objs["loggers"])
         metrics: dict = {}
         if cfg.get("train", True):
-            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(
+                objs["model"],
+                datamodule=objs["datamodule"],
+                ckpt_path=cfg.get("ckpt_path"),
+                weights_only=False,
+            )
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if cfg.get("test", True):
             ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
