@@ -20,6 +20,11 @@ from xray3d.pipeline.train import CONF_DIR  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# The project's shared real data (../shared/data from the repository root, or $XRAY3D_SHARED_DATA).
+SHARED_DATA = Path(
+    os.environ.get("XRAY3D_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
 # A small real subset of the embedded dataset: two training, one validation, one test vertebra.
 SMALL_LEVELS = ["T1", "T2", "T5", "T7"]
 

@@ -20,9 +20,11 @@ import pandas as pd
 import pytest
 
 from xray3d.data.roi import PRESETS
+
+from ..conftest import SHARED_DATA
 from xray3d.data.totalseg import TASK_STRUCTURES, TOTALSEG_V2_IDS, main, prepare_totalseg
 
-SHARED = Path(os.environ.get("XRAY3D_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+SHARED = SHARED_DATA
 EXAMPLE = SHARED / "totalsegmentator-example"
 RELAXED = {"min_femur_voxels": 0, "reject_partial": False, "min_ribs": 0, "progress": False}
 

@@ -14,9 +14,11 @@ from scipy import ndimage
 
 from xray3d.pipeline.score_folder import case_name, main
 
+from ..conftest import SHARED_DATA
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
-MASKS = Path("/work/shared/data/xrayto3d-masks")
+MASKS = SHARED_DATA / "xrayto3d-masks"
 L4 = "sub-verse004_vert-23-seg-vert_msk.nii.gz"
 L5 = "sub-verse004_vert-24-seg-vert_msk.nii.gz"
 SHIFT = 1  # voxels along axis 2 (2.0003 mm in the header)

