@@ -7,7 +7,6 @@ Fixture: ``shared/data/verse-sample`` (CC BY-SA 4.0): the real ``sub-verse004`` 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -27,7 +26,9 @@ from xray3d.data.verse import (
     read_ctd,
 )
 
-SHARED = Path(os.environ.get("XRAY3D_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+from ..conftest import SHARED_DATA
+
+SHARED = SHARED_DATA
 SAMPLE = SHARED / "verse-sample"
 SUB = "sub-verse004"
 MASK = SAMPLE / f"{SUB}_seg-vert_msk.nii.gz"
@@ -100,6 +101,7 @@ def test_levels_and_rois(prepared: Path) -> None:
     native = nib.load(MASK)
     labels = np.rint(np.asarray(native.dataobj)).astype(int)
     vox_mm3 = float(np.prod(native.header.get_zooms()[:3]))
+    centres = centroids_world(*read_ctd(CTD), native.affine, native.shape)
     for row in df.itertuples():
         img = nib.load(prepared / row.mask_path)
         assert nib.aff2axcodes(img.affine) == ("P", "I", "R")
@@ -107,8 +109,17 @@ def test_levels_and_rois(prepared: Path) -> None:
         msk = np.asarray(img.dataobj)
         assert set(np.unique(msk).tolist()) == {0, 1}  # exactly one label per ROI
         assert ndimage.label(msk, structure=np.ones((3, 3, 3)))[1] == 1
+        # the ROI is centred on the ctd centroid (vertebral body); the whole vertebra's centre of mass lies
+        # 9-14 mm posterior to it, so compare with the native offset mapped into the ROI frame
         com = np.array(ndimage.center_of_mass(msk))
-        assert np.all(np.abs(com - 31.5) < 4), (row.level, com)
+        centre = centres[row.label]
+        np.testing.assert_allclose(
+            nib.affines.apply_affine(np.linalg.inv(img.affine), centre), 31.5, atol=1e-3
+        )
+        native_com = nib.affines.apply_affine(native.affine, ndimage.center_of_mass(labels == row.label))
+        expected_com = nib.affines.apply_affine(np.linalg.inv(img.affine), native_com)
+        assert np.all(np.abs(com - expected_com) < 1.5), (row.level, com, expected_com)
+        assert np.all(np.abs(com[1:] - 31.5) < 4), (row.level, com)  # I and R: centred within a few voxels
         expected = (labels == row.label).sum() * vox_mm3 / 1.5**3
         assert abs(msk.sum() - expected) < 0.25 * expected, (row.level, msk.sum(), expected)
         assert msk.sum() == row.voxels
@@ -127,8 +138,15 @@ def test_bad_subjects_reported(prepared: Path) -> None:
 def test_rerun_does_nothing(tmp_path: Path, ct_on_mask_grid: Path) -> None:
     root = tmp_path / "raw"
     _bids(root, ct_on_mask_grid)
+    ctd = root / "derivatives" / SUB / f"{SUB}_seg-subreg_ctd.json"
+    entries = json.loads(ctd.read_text()) + [{"label": 25, "X": 60.0, "Y": 300.0, "Z": 30.0}]
+    ctd.write_text(json.dumps(entries))  # a centroid whose label (L6) is not in the mask: skipped for good
     out = tmp_path / "out"
     prepare_verse(root, out, progress=False)
+    report = pd.read_csv(out / "report.csv").set_index("sample_id")
+    assert report.loc[f"{SUB}_vert-25", "status"] == "skipped"
+    assert "absent from the mask" in report.loc[f"{SUB}_vert-25", "reason"]
+    assert (report["status"] == "prepared").sum() == 9
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     prepare_verse(root, out, progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
@@ -180,14 +198,16 @@ def test_float_labels_and_flat_layout_and_fractures(
 
 
 def test_split_by_subject(tmp_path: Path, ct_on_mask_grid: Path) -> None:
-    """Four subjects with symlinked files: every subject's vertebrae share one split."""
+    """Four subjects (copies of the sample): every subject's vertebrae share one split."""
     root = tmp_path / "raw"
     subs = [f"sub-verse00{i}" for i in range(4, 8)]
     for sub in subs:
         _bids(root, ct_on_mask_grid, sub=sub)
     table = tmp_path / "t.csv"
     pd.DataFrame({"verse_ID": ["verse006"], "L5_fx-g": [1], "L5_fx-s": [3]}).to_csv(table, index=False)
-    df = _samples(prepare_verse(root, tmp_path / "out", workers=2, fracture_table=table, progress=False))
+    df = _samples(
+        prepare_verse(root, tmp_path / "out", workers=2, fracture_table=table, progress=False).parent
+    )
     assert len(df) == 36
     per_subject = df.groupby("subject")["split"].nunique()
     assert (per_subject == 1).all() and set(df["split"]) == {"train", "val", "test"}

@@ -1,0 +1,588 @@
+"""VerSe 2019 vertebra dataset (spec §2.1, §2.2, §2.6, §7).
+
+Raw input under ``raw_dir``, in either layout VerSe 2019 ships (found by a recursive glob on the file names,
+so both work and may be mixed):
+
+* BIDS-like: ``rawdata/<sub>/<sub>_ct.nii.gz`` + ``derivatives/<sub>/<sub>_seg-vert_msk.nii.gz`` +
+  ``derivatives/<sub>/<sub>_seg-subreg_ctd.json`` (subjects such as ``sub-verse410_split-verse227`` too);
+* flat: ``<sub>_ct.nii.gz``, ``<sub>_seg-vert_msk.nii.gz`` and ``<sub>_seg-subreg_ctd.json`` side by side.
+
+One sample per vertebra with a centroid in the ctd file (the reference's ``extract_around_centroid_v2``):
+a 96 mm ROI resampled to 64³ @ 1.5 mm (:data:`xray3d.data.roi.PRESETS` ``"vertebra"``), PIR, CT in HU,
+centred on the centroid; the target is that vertebra's label only, as a binary mask (largest connected
+component; the reference keeps the label value, e.g. 16, we store {0, 1} like every other anatomy).
+Sample ids are ``<sub>_vert-<label>``.
+
+Centroids: the first ctd entry gives the axis directions (e.g. ``["P", "I", "R"]``); the others give
+``{label, X, Y, Z}`` as voxel coordinates of the image *reoriented* (nibabel orientations, axis
+permutations and flips only) to those directions. We map them to world (RAS, mm) through the mask's affine
+composed with that reorientation, so any (oblique) orientation of the mask works; for a PIR image and a
+``P, I, R`` ctd the coordinates are simply the voxel indices.
+
+Masks with float labels are rounded (non-integral ones are refused). Outputs, resume logic (settings digest)
+and failure handling follow :mod:`xray3d.data.totalseg`: ``vertebra/<sample_id>_ct.nii.gz`` / ``_msk.nii.gz``,
+``manifest.csv`` (:data:`MANIFEST_COLUMNS`), ``report.csv`` and ``manifest.json``, written atomically.
+Subjects with a missing, corrupt or mismatched file are marked ``failed`` and retried by the next run; a
+centroid whose label is absent from the mask, or an ROI with an empty mask, is skipped for good.
+Fracture grades/shapes (spec §7) come from the VerSe appendix (:func:`load_fracture_table`) and the split
+(:func:`xray3d.data.splits.reference_split`, by subject) are recomputed on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nibabel import orientations as ornt
+
+from xray3d.data.io import DataError, load_nifti, save_nifti_atomic, write_csv_atomic, write_json_atomic
+from xray3d.data.roi import PRESETS, extract_roi, largest_component, pir_grid_affine
+from xray3d.data.splits import load_split_lists, reference_split
+from xray3d.data.totalseg import _check_geometry, _digest, _init_worker, _integral_labels, _sample_ok, _skip
+
+__all__ = [
+    "prepare_verse",
+    "load_fracture_table",
+    "centroids_world",
+    "find_subjects",
+    "level_name",
+    "level_group",
+    "verse_number",
+    "MANIFEST_COLUMNS",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "ct": ("_ct.nii.gz", "_ct.nii"),
+    "mask": ("_seg-vert_msk.nii.gz", "_seg-vert_msk.nii"),
+    "ctd": ("_seg-subreg_ctd.json",),
+}
+MANIFEST_COLUMNS = [
+    "sample_id",
+    "subject",
+    "anatomy",
+    "level",
+    "level_group",
+    "label",
+    "fracture_grade",
+    "fracture_shape",
+    "split",
+    "source",
+    "spacing_mm",
+    "shape",
+    "voxels",
+    "ct_path",
+    "mask_path",
+]
+REPORT_COLUMNS = ["subject", "sample_id", "status", "reason"]
+PREP_VERSION = 1
+GRADES = {"0": "none", "1": "mild", "2": "moderate", "3": "severe", "x": "foreign"}
+SHAPES = {"0": "none", "1": "wedge", "2": "biconcave", "3": "crush", "x": "foreign"}
+TABLE_LEVELS = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 7)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# naming and metadata
+
+
+def level_name(label: int) -> str:
+    """VerSe label -> level name: 1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6, 28 T13 (else ``label<n>``)."""
+    if 1 <= label <= 7:
+        return f"C{label}"
+    if 8 <= label <= 19:
+        return f"T{label - 7}"
+    if 20 <= label <= 25:
+        return f"L{label - 19}"
+    return "T13" if label == 28 else f"label{label}"
+
+
+def level_group(label: int) -> str:
+    """Subgroup of spec §7: cervical 1-7, thoracic 8-19, lumbar 20-24, ``other`` (L6 = 25, T13, ...)."""
+    if 1 <= label <= 7:
+        return "cervical"
+    if 8 <= label <= 19:
+        return "thoracic"
+    if 20 <= label <= 24:
+        return "lumbar"
+    return "other"
+
+
+def verse_number(subject: str) -> int | None:
+    """VerSe number of a subject id: the last number (``sub-verse410_split-verse227`` -> 227)."""
+    nums = re.findall(r"\d+", subject)
+    return int(nums[-1]) if nums else None
+
+
+def _code(value: Any, codes: dict[str, str], where: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return codes["0"]  # NaN = 0 (normal), as the reference
+    text = str(value).strip().lower()
+    if text in ("", "nan"):
+        return codes["0"]
+    try:
+        text = str(int(float(text))) if float(text) == int(float(text)) else text
+    except ValueError:
+        pass
+    if text not in codes:
+        raise DataError(f"fracture table: unexpected code {value!r} in {where} (allowed: {sorted(codes)})")
+    return codes[text]
+
+
+def load_fracture_table(path: str | Path) -> dict[int, dict[str, tuple[str, str]]]:
+    """Read the VerSe appendix (Löffler et al. 2020, sheet ``VerSe_dataset``) as exported CSV.
+
+    Columns used: ``verse_ID`` and ``{T1..L6}_fx-g`` (Genant grade) / ``{T1..L6}_fx-s`` (shape); codes
+    0-3 and ``x`` (foreign material), NaN = 0. ``.xlsx`` is read only when pandas can (needs openpyxl).
+
+    Args:
+        path: CSV (or xlsx) file.
+
+    Returns:
+        verse number -> level name -> ``(grade, shape)``, with names from :data:`GRADES` / :data:`SHAPES`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"fracture table not found: {path}")
+    try:
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            engine = "openpyxl" if path.suffix.lower() == ".xlsx" else None
+            df = pd.read_excel(path, sheet_name="VerSe_dataset", engine=engine)
+        else:
+            df = pd.read_csv(path)
+    except ImportError as exc:
+        raise DataError(
+            f"cannot read {path.name} ({exc}): export the sheet 'VerSe_dataset' as CSV and pass that file, "
+            "or install openpyxl"
+        ) from exc
+    except Exception as exc:
+        raise DataError(f"fracture table {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    if "verse_ID" not in df.columns:
+        raise DataError(f"fracture table {path.name} has no verse_ID column (columns: {list(df.columns)})")
+    table: dict[int, dict[str, tuple[str, str]]] = {}
+    for rec in df.to_dict("records"):
+        num = verse_number(str(rec["verse_ID"]))
+        if num is None:
+            continue
+        levels = {}
+        for lv in TABLE_LEVELS:
+            if f"{lv}_fx-g" in rec or f"{lv}_fx-s" in rec:
+                where = f"verse_ID {rec['verse_ID']} {lv}"
+                levels[lv] = (
+                    _code(rec.get(f"{lv}_fx-g"), GRADES, where),
+                    _code(rec.get(f"{lv}_fx-s"), SHAPES, where),
+                )
+        table[num] = levels
+    return table
+
+
+def _fracture(
+    table: dict[int, dict[str, tuple[str, str]]] | None, subject: str, label: int
+) -> tuple[str, str]:
+    """(grade, shape) of one vertebra; ``("", "")`` for a subject not in the table.
+
+    A level without annotation (cervical, T13, or a column missing from the table) counts as normal, like
+    the reference's NaN = 0 (spec §7).
+    """
+    if table is None:
+        return "", ""
+    levels = table.get(verse_number(subject) or -1)
+    if levels is None:
+        return "", ""
+    return levels.get(level_name(label), (GRADES["0"], SHAPES["0"]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# centroids
+
+
+def read_ctd(path: Path) -> tuple[tuple[str, str, str], list[tuple[int, np.ndarray]]]:
+    """Axis directions and ``(label, [X, Y, Z])`` voxel centroids of a VerSe ``*_ctd.json`` file."""
+    try:
+        entries = json.loads(path.read_text())
+        direction = next(tuple(e["direction"]) for e in entries if "direction" in e)
+        cents = [
+            (int(e["label"]), np.array([e["X"], e["Y"], e["Z"]], dtype=float))
+            for e in entries
+            if "label" in e
+        ]
+    except StopIteration as exc:
+        raise DataError(f"centroid file {path.name} has no direction entry") from exc
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise DataError(f"centroid file {path.name} is corrupt ({type(exc).__name__}: {exc})") from exc
+    if len(direction) != 3:
+        raise DataError(f"centroid file {path.name}: direction {direction} is not three axis codes")
+    return direction, cents  # type: ignore[return-value]
+
+
+def centroids_world(
+    direction: tuple[str, str, str], cents: list[tuple[int, np.ndarray]], affine: np.ndarray, shape: tuple
+) -> dict[int, np.ndarray]:
+    """World (RAS, mm) positions of ctd centroids given in the voxel frame of the image reoriented to
+    ``direction`` (VerSe convention); ``affine``/``shape`` are those of the mask as stored."""
+    try:
+        target = ornt.axcodes2ornt(direction)
+    except ValueError as exc:
+        raise DataError(f"centroid direction {direction} is not a valid axis code triple") from exc
+    trans = ornt.ornt_transform(nib.io_orientation(affine), target)
+    aff = affine @ ornt.inv_ornt_aff(trans, shape[:3])
+    return {lab: aff[:3, :3] @ xyz + aff[:3, 3] for lab, xyz in cents}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one subject (runs in a worker process)
+
+
+def _crop(img: nib.Nifti1Image, labels: np.ndarray, centre: np.ndarray, grid: int, spacing: float):
+    """Native sub-volume covering the ROI cube (+2 voxels), so the resampler copies less data."""
+    tgt = pir_grid_affine(centre, grid, spacing)
+    corners = np.array([[i, j, k, 1.0] for i in (0, grid - 1) for j in (0, grid - 1) for k in (0, grid - 1)])
+    vox = (np.linalg.inv(img.affine) @ tgt @ corners.T)[:3]
+    lo = np.clip(np.floor(vox.min(axis=1)).astype(int) - 2, 0, img.shape)
+    hi = np.clip(np.ceil(vox.max(axis=1)).astype(int) + 3, 0, img.shape)
+    if np.any(hi <= lo):
+        return None, None
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    aff = img.affine.copy()
+    aff[:3, 3] = img.affine[:3, :3] @ lo + img.affine[:3, 3]
+    data = np.asarray(img.dataobj)[box]
+    return nib.Nifti1Image(np.ascontiguousarray(data), aff), np.ascontiguousarray(labels[box])
+
+
+def _process_subject(job: dict[str, Any]) -> dict[str, Any]:
+    """Prepare every vertebra of one subject; never raises (errors become failed entries)."""
+    subject = job["subject"]
+    try:
+        rows, skipped = _subject_samples(job)
+    except DataError as exc:
+        return {"subject": subject, "rows": [], "skipped": [_skip(subject, subject, str(exc), True)]}
+    except Exception as exc:  # one bad subject must not stop the others
+        reason = f"{type(exc).__name__}: {exc}"
+        return {"subject": subject, "rows": [], "skipped": [_skip(subject, subject, reason, True)]}
+    return {"subject": subject, "rows": rows, "skipped": skipped}
+
+
+def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    subject, out_dir, done = job["subject"], Path(job["out_dir"]), job["done"]
+    files = {k: (Path(v) if v else None) for k, v in job["files"].items()}
+    missing = [k for k in ("ct", "mask", "ctd") if files[k] is None]
+    if missing:
+        what = {"ct": "CT", "mask": "vertebra mask", "ctd": "centroid file"}
+        names = ", ".join(f"{what[k]} ({subject}{SUFFIXES[k][0]})" for k in missing)
+        raise DataError(f"missing {names}")
+    preset = PRESETS["vertebra"]
+    direction, cents = read_ctd(files["ctd"])
+    if not cents:
+        raise DataError(f"centroid file {files['ctd'].name} lists no vertebra")
+    mask_img = load_nifti(files["mask"], "vertebra mask")
+    ct = load_nifti(files["ct"], "CT")
+    if len(ct.shape) != 3:
+        raise DataError(f"CT {files['ct'].name} is not a 3D volume (shape {ct.shape})")
+    _check_geometry(ct, mask_img, files["mask"])
+    if not np.isfinite(np.asanyarray(ct.dataobj)).all():
+        raise DataError(f"CT {files['ct'].name} contains NaN/inf voxels")
+    labels = _integral_labels(mask_img, files["mask"])
+    present = set(np.unique(labels).tolist())
+    centres = centroids_world(direction, cents, mask_img.affine, mask_img.shape)
+
+    rows, skipped = [], []
+    for label, centre in sorted(centres.items()):
+        sample_id = f"{subject}_vert-{label}"
+        if sample_id in done:
+            rows.append(done[sample_id])
+            continue
+        if label not in present:
+            skipped.append(_skip(subject, sample_id, f"centroid label {label} absent from the mask"))
+            continue
+        ct_crop, lab_crop = _crop(ct, labels, centre, preset.grid_size, preset.spacing_mm)
+        if ct_crop is None or not (lab_crop == label).any():
+            skipped.append(_skip(subject, sample_id, "empty mask after ROI extraction"))
+            continue
+        mask = largest_component(lab_crop == label)
+        ct_roi, msk_roi = extract_roi(ct_crop, mask, centre, preset.grid_size, preset.spacing_mm)
+        voxels = int(np.asarray(msk_roi.dataobj).sum())
+        if voxels == 0:
+            skipped.append(_skip(subject, sample_id, "empty mask after ROI extraction"))
+            continue
+        rel_ct, rel_msk = f"vertebra/{sample_id}_ct.nii.gz", f"vertebra/{sample_id}_msk.nii.gz"
+        save_nifti_atomic(ct_roi, out_dir / rel_ct)
+        save_nifti_atomic(msk_roi, out_dir / rel_msk)
+        rows.append(
+            {
+                "sample_id": sample_id,
+                "subject": subject,
+                "anatomy": "vertebra",
+                "level": level_name(label),
+                "level_group": level_group(label),
+                "label": label,
+                "fracture_grade": "",
+                "fracture_shape": "",
+                "split": "",
+                "source": job["source"],
+                "spacing_mm": preset.spacing_mm,
+                "shape": "x".join([str(preset.grid_size)] * 3),
+                "voxels": voxels,
+                "ct_path": rel_ct,
+                "mask_path": rel_msk,
+            }
+        )
+    return rows, skipped
+
+
+# ----------------------------------------------------------------------------------------------------------
+# driver
+
+
+def find_subjects(raw_dir: Path) -> dict[str, dict[str, Path | None]]:
+    """Subject id -> ``{"ct", "mask", "ctd"}`` file (None when missing), from a recursive glob.
+
+    A subject is any id with at least one of the three files; the first match in sorted path order wins.
+    """
+    if not raw_dir.is_dir():
+        raise DataError(f"raw VerSe folder not found: {raw_dir}")
+    found: dict[str, dict[str, Path | None]] = {}
+    for path in sorted(raw_dir.rglob("*")):
+        rel = path.relative_to(raw_dir)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        for kind, suffixes in SUFFIXES.items():
+            suffix = next((s for s in suffixes if path.name.endswith(s)), None)
+            if suffix is None:
+                continue
+            entry = found.setdefault(path.name[: -len(suffix)], dict.fromkeys(SUFFIXES))
+            if entry[kind] is None:
+                entry[kind] = path
+    return dict(sorted(found.items()))
+
+
+def _file_digest(path: Path | None) -> str | None:
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path is not None else None
+
+
+def prepare_verse(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    workers: int = 1,
+    force: bool = False,
+    split_seed: int = 12345,
+    split_lists: str | Path | None = None,
+    fracture_table: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Prepare VerSe 2019 vertebra ROIs (idempotent, resumable, atomic, parallel over subjects).
+
+    Args:
+        raw_dir: VerSe folder (BIDS-like or flat layout, see the module docstring).
+        out_dir: output cache directory.
+        workers: worker processes (1 = in this process).
+        force: redo every sample.
+        split_seed: random state of the subject-level split (spec §2.5).
+        split_lists: reference split lists to import instead (see :func:`load_split_lists`); subjects not
+            listed get split ``"unlisted"``.
+        fracture_table: VerSe appendix exported as CSV (:func:`load_fracture_table`); None leaves the
+            fracture columns empty.
+        progress: show a progress bar.
+
+    Returns:
+        Path of ``manifest.csv`` (possibly with no rows; reasons in ``manifest.json`` / ``report.csv``).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    preset = PRESETS["vertebra"]
+    settings = {"version": PREP_VERSION, "task": "verse2019", "roi": [preset.roi_mm, preset.grid_size]}
+    digest = _digest(settings)
+    assignment = load_split_lists(split_lists) if split_lists else None
+    table_path = Path(fracture_table) if fracture_table else None
+    table = load_fracture_table(table_path) if table_path else None
+    split_settings = {
+        "seed": split_seed,
+        "test": 0.15,
+        "val": 0.15,
+        "lists": assignment,
+        "fracture_table": _file_digest(table_path),
+    }
+    manifest_csv, manifest_json = out_dir / "manifest.csv", out_dir / "manifest.json"
+    subjects = find_subjects(raw_dir)
+    if not subjects:
+        raise DataError(
+            f"no VerSe file (*_ct.nii.gz, *_seg-vert_msk.nii.gz, *_seg-subreg_ctd.json) in {raw_dir}"
+        )
+
+    prev_rows: dict[str, list[dict]] = {}
+    prev_skip: dict[str, list[dict]] = {}
+    settled: set[str] = set()
+    if manifest_json.is_file() and not force:
+        try:
+            meta = json.loads(manifest_json.read_text())
+            if meta.get("digest") == digest:
+                for r in meta["samples"]:
+                    if _sample_ok(r, out_dir):
+                        prev_rows.setdefault(r["subject"], []).append(r)
+                for s in meta["skipped"]:
+                    prev_skip.setdefault(s["subject"], []).append(s)
+                for subj in meta["subjects"]:
+                    n_rows = sum(1 for r in meta["samples"] if r["subject"] == subj)
+                    ok = len(prev_rows.get(subj, [])) == n_rows
+                    if ok and not any(s.get("failed") for s in prev_skip.get(subj, [])):
+                        settled.add(subj)
+                if (
+                    settled >= set(subjects)
+                    and meta.get("split") == split_settings
+                    and manifest_csv.is_file()
+                ):
+                    log.info("verse2019 already prepared in %s", out_dir)
+                    return manifest_csv
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable manifest %s (%s); re-preparing", manifest_json, exc)
+            prev_rows, prev_skip, settled = {}, {}, set()
+
+    results: dict[str, dict] = {}
+    jobs = []
+    for subj, files in subjects.items():
+        if subj in settled:
+            results[subj] = {
+                "subject": subj,
+                "rows": prev_rows.get(subj, []),
+                "skipped": prev_skip.get(subj, []),
+            }
+            continue
+        jobs.append(
+            {
+                "subject": subj,
+                "files": {k: (str(v) if v else None) for k, v in files.items()},
+                "source": str(files["ct"].relative_to(raw_dir)) if files["ct"] else "",
+                "out_dir": str(out_dir),
+                "done": {r["sample_id"]: r for r in prev_rows.get(subj, [])},
+            }
+        )
+
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="verse2019", unit="subject", disable=not progress or not jobs)
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            results[job["subject"]] = _process_subject(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_init_worker) as pool:
+            for fut in as_completed([pool.submit(_process_subject, job) for job in jobs]):
+                res = fut.result()
+                results[res["subject"]] = res
+                bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    rows = [r for s in sorted(results) for r in results[s]["rows"]]
+    skipped = [k for s in sorted(results) for k in results[s]["skipped"]]
+    reused = {r["sample_id"] for rs in prev_rows.values() for r in rs}
+    new = sum(1 for r in rows if r["sample_id"] not in reused)
+    rate = new / (elapsed / 60.0) if elapsed > 0 and new else 0.0
+
+    kept = sorted({r["subject"] for r in rows})
+    if assignment is not None:
+        split_of = {s: assignment.get(s, "unlisted") for s in kept}
+    else:
+        split_of = reference_split(kept, seed=split_seed)
+    for r in rows:
+        r["split"] = split_of[r["subject"]]
+        r["fracture_grade"], r["fracture_shape"] = _fracture(table, r["subject"], int(r["label"]))
+
+    report = [
+        {"subject": r["subject"], "sample_id": r["sample_id"], "status": "prepared", "reason": ""}
+        for r in rows
+    ] + [
+        {
+            "subject": s["subject"],
+            "sample_id": s["sample_id"],
+            "status": "failed" if s.get("failed") else "skipped",
+            "reason": s["reason"],
+        }
+        for s in skipped
+    ]
+    write_csv_atomic(pd.DataFrame(report, columns=REPORT_COLUMNS), out_dir / "report.csv")
+    write_csv_atomic(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), manifest_csv)
+    write_json_atomic(
+        {
+            "digest": digest,
+            "settings": settings,
+            "split": split_settings,
+            "complete": not any(s.get("failed") for s in skipped),
+            "orientation": "PIR",
+            "units": "HU",
+            "raw_dir": str(raw_dir),
+            "fracture_table": str(table_path) if table_path else None,
+            "subjects": sorted(results),
+            "samples": rows,
+            "skipped": skipped,
+            "timing": {
+                "workers": workers,
+                "seconds": round(elapsed, 3),
+                "new_samples": new,
+                "samples_per_min": round(rate, 2),
+            },
+        },
+        manifest_json,
+    )
+    for s in skipped:
+        log.info("%s %s: %s", "failed" if s.get("failed") else "skipped", s["sample_id"], s["reason"])
+    log.info("%d new samples in %.1f s (%.1f samples/min, %d workers)", new, elapsed, rate, workers)
+    if not rows:
+        log.warning("no vertebra could be prepared from %s; see %s", raw_dir, out_dir / "report.csv")
+    return manifest_csv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m xray3d.data.verse --raw RAW --out OUT [--workers N] [--fracture-table CSV]``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--raw", required=True, help="VerSe 2019 folder (rawdata/ + derivatives/, or flat)")
+    parser.add_argument("--out", required=True, help="output cache directory, e.g. data/verse2019")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes [default: 1]")
+    parser.add_argument("--force", action="store_true", help="redo every sample")
+    parser.add_argument("--split-seed", type=int, default=12345, help="split random state [default: 12345]")
+    parser.add_argument("--split-lists", default=None, help="import the reference split CSVs/JSON instead")
+    parser.add_argument(
+        "--fracture-table", default=None, help="VerSe appendix sheet 'VerSe_dataset' exported as CSV"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = prepare_verse(
+            args.raw,
+            args.out,
+            workers=args.workers,
+            force=args.force,
+            split_seed=args.split_seed,
+            split_lists=args.split_lists,
+            fracture_table=args.fracture_table,
+        )
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    meta = json.loads((path.parent / "manifest.json").read_text())
+    df = pd.read_csv(path)
+    print(df.groupby("split").size().to_string() if len(df) else "no sample prepared")
+    print(f"skipped: {len(meta['skipped'])} (see {path.parent / 'report.csv'})")
+    t = meta["timing"]
+    print(f"{t['new_samples']} new samples in {t['seconds']:.1f} s: {t['samples_per_min']:.1f} samples/min")
+    print(f"manifest: {path}")
+    return 0 if len(df) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
