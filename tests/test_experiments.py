@@ -42,6 +42,15 @@ def test_every_model_config_is_covered() -> None:
     assert names == set(MODELS)
 
 
+DATA_OF = {"vertebra": "verse2019", "femur": "totalseg_femur", "hip": "totalseg_hip", "rib": "totalseg_rib"}
+
+
+def test_command_line_data_wins_over_the_experiment(tmp_path: Path) -> None:
+    overrides = ["experiment=benchmark/vertebra", "model=unet", "data=embedded_vertebra"]
+    cfg = compose_cfg("train", overrides, tmp_path)
+    assert cfg.hydra.runtime.choices.data == "embedded_vertebra" and cfg.data.batch_size == 8
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("anatomy", sorted(EXPECTED))
 def test_reference_settings_per_model(anatomy: str, model: str, tmp_path: Path) -> None:
@@ -51,7 +60,7 @@ def test_reference_settings_per_model(anatomy: str, model: str, tmp_path: Path) 
     assert cfg.trainer.max_steps == steps
     assert cfg.optimizer.lr == pytest.approx(lr)
     assert cfg.data.batch_size == batch
-    assert cfg.hydra.runtime.choices.data == "embedded_vertebra"  # the experiment leaves /data alone
+    assert cfg.hydra.runtime.choices.data == DATA_OF[anatomy]  # the anatomy's public dataset
 
 
 def test_command_line_still_wins(tmp_path: Path) -> None:
