@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -54,6 +53,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from xray3d.data.cli import add_prepare_arguments, run_prepare
 from xray3d.data.io import DataError, load_nifti, save_nifti_atomic, write_csv_atomic, write_json_atomic
 from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, largest_component, touches_border
 from xray3d.data.splits import load_split_lists, reference_split
@@ -542,14 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True, choices=sorted(TASK_STRUCTURES))
     parser.add_argument("--raw", required=True, help="folder of TotalSegmentator subject folders (sXXXX/)")
     parser.add_argument("--out", required=True, help="output cache directory, e.g. data/totalseg_femur")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes [default: 1]")
-    parser.add_argument("--force", action="store_true", help="redo every sample")
-    parser.add_argument("--split-seed", type=int, default=12345, help="split random state [default: 12345]")
-    parser.add_argument("--split-lists", default=None, help="import the reference split CSVs/JSON instead")
+    add_prepare_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = prepare_totalseg(
+    return run_prepare(
+        lambda: prepare_totalseg(
             args.raw,
             args.out,
             args.task,
@@ -558,17 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             split_seed=args.split_seed,
             split_lists=args.split_lists,
         )
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    meta = json.loads((path.parent / "manifest.json").read_text())
-    df = pd.read_csv(path)
-    print(df.groupby("split").size().to_string() if len(df) else "no sample prepared")
-    print(f"skipped: {len(meta['skipped'])} (see {path.parent / 'report.csv'})")
-    t = meta["timing"]
-    print(f"{t['new_samples']} new samples in {t['seconds']:.1f} s: {t['samples_per_min']:.1f} samples/min")
-    print(f"manifest: {path}")
-    return 0 if len(df) else 1
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 from nibabel import orientations as ornt
 
+from xray3d.data.cli import add_prepare_arguments, run_prepare
 from xray3d.data.io import DataError, load_nifti, save_nifti_atomic, write_csv_atomic, write_json_atomic
 from xray3d.data.roi import PRESETS, extract_roi, largest_component, pir_grid_affine
 from xray3d.data.splits import load_split_lists, reference_split
@@ -552,17 +552,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--raw", required=True, help="VerSe 2019 folder (rawdata/ + derivatives/, or flat)")
     parser.add_argument("--out", required=True, help="output cache directory, e.g. data/verse2019")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes [default: 1]")
-    parser.add_argument("--force", action="store_true", help="redo every sample")
-    parser.add_argument("--split-seed", type=int, default=12345, help="split random state [default: 12345]")
-    parser.add_argument("--split-lists", default=None, help="import the reference split CSVs/JSON instead")
+    add_prepare_arguments(parser)
     parser.add_argument(
         "--fracture-table", default=None, help="VerSe appendix sheet 'VerSe_dataset' exported as CSV"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = prepare_verse(
+    return run_prepare(
+        lambda: prepare_verse(
             args.raw,
             args.out,
             workers=args.workers,
@@ -571,17 +567,7 @@ def main(argv: list[str] | None = None) -> int:
             split_lists=args.split_lists,
             fracture_table=args.fracture_table,
         )
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    meta = json.loads((path.parent / "manifest.json").read_text())
-    df = pd.read_csv(path)
-    print(df.groupby("split").size().to_string() if len(df) else "no sample prepared")
-    print(f"skipped: {len(meta['skipped'])} (see {path.parent / 'report.csv'})")
-    t = meta["timing"]
-    print(f"{t['new_samples']} new samples in {t['seconds']:.1f} s: {t['samples_per_min']:.1f} samples/min")
-    print(f"manifest: {path}")
-    return 0 if len(df) else 1
+    )
 
 
 if __name__ == "__main__":
