@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from xray3d.data.io import DataError, load_nifti, save_nifti_atomic, write_csv_atomic, write_json_atomic
+from xray3d.data.preparation import digest, sample_ok
 from xray3d.data.projection import embedded_ct
 from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, largest_component, touches_border
 
@@ -70,12 +71,8 @@ def _structure_ids(structures_csv: Path) -> dict[str, int]:
     return {str(n): int(i) for i, n in zip(df[id_col], df[name_col], strict=True)}
 
 
-def _digest(settings: dict) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _sample_ok(row: dict, out_dir: Path) -> bool:
-    return (out_dir / row["ct_path"]).is_file() and (out_dir / row["mask_path"]).is_file()
 
 
 def prepare_embedded(
@@ -103,14 +100,14 @@ def prepare_embedded(
         "split": EMBEDDED_SPLIT,
         "levels": sorted(levels) if levels else None,
     }
-    digest = _digest(settings)
+    settings_digest = digest(settings)
     manifest_csv, manifest_json = out_dir / "manifest.csv", out_dir / "manifest.json"
     previous: dict[str, dict] = {}
     if manifest_json.is_file() and not force:
         try:
             meta = json.loads(manifest_json.read_text())
-            if meta.get("digest") == digest:
-                previous = {r["sample_id"]: r for r in meta["samples"] if _sample_ok(r, out_dir)}
+            if meta.get("digest") == settings_digest:
+                previous = {r["sample_id"]: r for r in meta["samples"] if sample_ok(r, out_dir)}
                 if meta.get("complete") and len(previous) == len(meta["samples"]):
                     log.info("embedded dataset already prepared in %s (%d samples)", out_dir, len(previous))
                     return manifest_csv
@@ -193,7 +190,7 @@ def prepare_embedded(
     write_csv_atomic(df, manifest_csv)
     write_json_atomic(
         {
-            "digest": digest,
+            "digest": settings_digest,
             "settings": settings,
             "complete": not any(s.get("failed") for s in skipped),
             "orientation": "PIR",

@@ -38,25 +38,29 @@ recomputed on every run: it depends on the set of kept subjects, as in the refer
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import math
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 from xray3d.data.cli import add_prepare_arguments, run_prepare
-from xray3d.data.io import DataError, load_nifti, save_nifti_atomic, write_csv_atomic, write_json_atomic
+from xray3d.data.io import DataError, load_nifti, save_nifti_atomic
+from xray3d.data.preparation import (
+    check_geometry,
+    digest,
+    integral_labels,
+    load_previous,
+    run_subjects,
+    skip_entry,
+    write_prepared,
+)
 from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, largest_component, touches_border
-from xray3d.data.splits import load_split_lists, reference_split
+from xray3d.data.splits import load_split_lists
 
 __all__ = ["prepare_totalseg", "TOTALSEG_V2_IDS", "TASK_STRUCTURES", "Rules", "MANIFEST_COLUMNS", "main"]
 
@@ -95,9 +99,7 @@ MANIFEST_COLUMNS = [
     "ct_path",
     "mask_path",
 ]
-REPORT_COLUMNS = ["subject", "sample_id", "status", "reason"]
 PREP_VERSION = 1
-GEOMETRY_ATOL_MM = 1e-2  # the reference relaxes SimpleITK's tolerance to 0.01 as well
 
 
 @dataclass(frozen=True)
@@ -133,29 +135,6 @@ def _find(folder: Path, names: tuple[str, ...]) -> Path | None:
     return next((folder / n for n in names if (folder / n).is_file()), None)
 
 
-def _check_geometry(ct: nib.Nifti1Image, seg: nib.Nifti1Image, path: Path) -> None:
-    if seg.shape != ct.shape or not np.allclose(seg.affine, ct.affine, atol=GEOMETRY_ATOL_MM):
-        raise DataError(
-            f"CT/segmentation geometry mismatch: {path.name} has shape {seg.shape}, the CT {ct.shape} "
-            "(or their affines differ by more than 0.01 mm)"
-        )
-
-
-def _integral_labels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """Label array as int32; float labels are rounded after checking they are integral."""
-    data = np.asanyarray(img.dataobj)
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all():
-            raise DataError(f"unexpected label values in {path.name}: NaN/inf in a float label map")
-        rounded = np.rint(data)
-        if np.abs(data - rounded).max(initial=0.0) > 1e-3:
-            raise DataError(f"unexpected label dtype in {path.name}: float labels that are not integral")
-        return rounded.astype(np.int32)
-    if data.dtype.kind not in "iub":
-        raise DataError(f"unexpected label dtype {data.dtype} in {path.name}")
-    return data.astype(np.int32, copy=False)
-
-
 def _load_subject(folder: Path, names: list[str]) -> tuple[nib.Nifti1Image, dict[str, np.ndarray]]:
     """CT (HU) and one boolean mask per structure, from either TotalSegmentator layout."""
     ct_path = _find(folder, CT_NAMES)
@@ -174,8 +153,8 @@ def _load_subject(folder: Path, names: list[str]) -> tuple[nib.Nifti1Image, dict
             if path is None:
                 raise DataError(f"missing segmentation: segmentations/{name}.nii.gz not in {folder.name}")
             img = load_nifti(path, "segmentation")
-            _check_geometry(ct, img, path)
-            masks[name] = _integral_labels(img, path) > 0
+            check_geometry(ct, img, path)
+            masks[name] = integral_labels(img, path) > 0
         return ct, masks
     seg_path = _find(folder, SEG_NAMES)
     if seg_path is None:
@@ -183,8 +162,8 @@ def _load_subject(folder: Path, names: list[str]) -> tuple[nib.Nifti1Image, dict
             f"missing segmentation: neither segmentations/ nor {', '.join(SEG_NAMES)} in {folder.name}"
         )
     img = load_nifti(seg_path, "segmentation")
-    _check_geometry(ct, img, seg_path)
-    labels = _integral_labels(img, seg_path)
+    check_geometry(ct, img, seg_path)
+    labels = integral_labels(img, seg_path)
     for name in names:
         masks[name] = labels == TOTALSEG_V2_IDS[name]
     return ct, masks
@@ -214,12 +193,6 @@ def _femur_centre(mask: np.ndarray, affine: np.ndarray, roi_mm: float, headroom_
 # one subject (runs in a worker process)
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _process_subject(job: dict[str, Any]) -> dict[str, Any]:
     """Prepare every sample of one subject; never raises (errors become skipped entries)."""
     subject, task = job["subject"], job["task"]
@@ -227,25 +200,21 @@ def _process_subject(job: dict[str, Any]) -> dict[str, Any]:
         rows, skipped = _subject_samples(job)
     except _Rejected as exc:
         ids = job["sample_ids"]
-        return {"subject": subject, "rows": [], "skipped": [_skip(subject, s, str(exc)) for s in ids]}
+        return {"subject": subject, "rows": [], "skipped": [skip_entry(subject, s, str(exc)) for s in ids]}
     except DataError as exc:
         return {
             "subject": subject,
             "rows": [],
-            "skipped": [_skip(subject, f"{subject}_{task}", str(exc), True)],
+            "skipped": [skip_entry(subject, f"{subject}_{task}", str(exc), True)],
         }
     except Exception as exc:  # one bad subject must not stop the others
         reason = f"{type(exc).__name__}: {exc}"
         return {
             "subject": subject,
             "rows": [],
-            "skipped": [_skip(subject, f"{subject}_{task}", reason, True)],
+            "skipped": [skip_entry(subject, f"{subject}_{task}", reason, True)],
         }
     return {"subject": subject, "rows": rows, "skipped": skipped}
-
-
-def _skip(subject: str, sample_id: str, reason: str, failed: bool = False) -> dict[str, Any]:
-    return {"subject": subject, "sample_id": sample_id, "reason": reason, "failed": failed}
 
 
 def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -308,7 +277,7 @@ def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
             )
         voxels = int(np.asarray(msk_roi.dataobj).sum())
         if voxels == 0:
-            skipped.append(_skip(subject, sample_id, "empty mask after ROI extraction"))
+            skipped.append(skip_entry(subject, sample_id, "empty mask after ROI extraction"))
             continue
         save_nifti_atomic(ct_roi, out_dir / rel_ct)
         save_nifti_atomic(msk_roi, out_dir / rel_msk)
@@ -341,14 +310,6 @@ def find_subjects(raw_dir: Path) -> list[Path]:
     if not raw_dir.is_dir():
         raise DataError(f"raw TotalSegmentator folder not found: {raw_dir}")
     return sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _sample_ok(row: dict, out_dir: Path) -> bool:
-    return (out_dir / row["ct_path"]).is_file() and (out_dir / row["mask_path"]).is_file()
-
-
-def _digest(settings: dict) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _expected_ids(subject: str, task: str) -> list[str]:
@@ -401,136 +362,45 @@ def prepare_totalseg(
         "roi": [preset.roi_mm, preset.grid_size],
         "rules": asdict(rules),
     }
-    digest = _digest(settings)
+    settings_digest = digest(settings)
     assignment = load_split_lists(split_lists) if split_lists else None
     split_settings = {"seed": split_seed, "test": 0.15, "val": 0.15, "lists": assignment}
-    manifest_csv, manifest_json = out_dir / "manifest.csv", out_dir / "manifest.json"
+    manifest_csv = out_dir / "manifest.csv"
     subjects = find_subjects(raw_dir)
     if not subjects:
         raise DataError(f"no subject folder in {raw_dir}")
 
-    prev_rows: dict[str, list[dict]] = {}
-    prev_skip: dict[str, list[dict]] = {}
-    settled: set[str] = set()
-    if manifest_json.is_file() and not force:
-        try:
-            meta = json.loads(manifest_json.read_text())
-            if meta.get("digest") == digest:
-                for r in meta["samples"]:
-                    if _sample_ok(r, out_dir):
-                        prev_rows.setdefault(r["subject"], []).append(r)
-                for s in meta["skipped"]:
-                    prev_skip.setdefault(s["subject"], []).append(s)
-                for subj in meta["subjects"]:
-                    n_rows = sum(1 for r in meta["samples"] if r["subject"] == subj)
-                    ok = len(prev_rows.get(subj, [])) == n_rows
-                    if ok and not any(s.get("failed") for s in prev_skip.get(subj, [])):
-                        settled.add(subj)
-                names = [p.name for p in subjects]
-                if settled >= set(names) and meta.get("split") == split_settings and manifest_csv.is_file():
-                    log.info("totalseg %s already prepared in %s", task, out_dir)
-                    return manifest_csv
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable manifest %s (%s); re-preparing", manifest_json, exc)
-            prev_rows, prev_skip, settled = {}, {}, set()
-
-    results: dict[str, dict] = {}
-    jobs = []
-    for folder in subjects:
-        subj = folder.name
-        if subj in settled:
-            results[subj] = {
-                "subject": subj,
-                "rows": prev_rows.get(subj, []),
-                "skipped": prev_skip.get(subj, []),
-            }
-            continue
-        done = {r["sample_id"]: r for r in prev_rows.get(subj, [])}
-        jobs.append(
-            {
-                "subject": subj,
-                "task": task,
-                "folder": str(folder),
-                "folder_rel": folder.name,
-                "out_dir": str(out_dir),
-                "rules": asdict(rules),
-                "done": done,
-                "sample_ids": _expected_ids(subj, task),
-            }
-        )
-
-    t0 = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), desc=f"totalseg {task}", unit="subject", disable=not progress or not jobs)
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            results[job["subject"]] = _process_subject(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_init_worker) as pool:
-            futures = [pool.submit(_process_subject, job) for job in jobs]
-            for fut in as_completed(futures):
-                res = fut.result()
-                results[res["subject"]] = res
-                bar.update()
-    bar.close()
-    elapsed = time.perf_counter() - t0
-
-    rows = [r for s in sorted(results) for r in results[s]["rows"]]
-    skipped = [k for s in sorted(results) for k in results[s]["skipped"]]
-    reused = {r["sample_id"] for rs in prev_rows.values() for r in rs}
-    new = sum(1 for r in rows if r["sample_id"] not in reused)
-    rate = new / (elapsed / 60.0) if elapsed > 0 and new else 0.0
-
-    kept = sorted({r["subject"] for r in rows})
-    if assignment is not None:
-        split_of = {s: assignment.get(s, "unlisted") for s in kept}
-    else:
-        split_of = reference_split(kept, seed=split_seed)
-    for r in rows:
-        r["split"] = split_of[r["subject"]]
-
-    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    report = [
-        {"subject": r["subject"], "sample_id": r["sample_id"], "status": "prepared", "reason": ""}
-        for r in rows
-    ] + [
+    names = [p.name for p in subjects]
+    previous = load_previous(out_dir, settings_digest, names, split_settings, force)
+    if previous.up_to_date:
+        log.info("totalseg %s already prepared in %s", task, out_dir)
+        return manifest_csv
+    jobs = [
         {
-            "subject": s["subject"],
-            "sample_id": s["sample_id"],
-            "status": "failed" if s.get("failed") else "skipped",
-            "reason": s["reason"],
+            "subject": folder.name,
+            "task": task,
+            "folder": str(folder),
+            "folder_rel": folder.name,
+            "out_dir": str(out_dir),
+            "rules": asdict(rules),
+            "done": {r["sample_id"]: r for r in previous.rows.get(folder.name, [])},
+            "sample_ids": _expected_ids(folder.name, task),
         }
-        for s in skipped
+        for folder in subjects
+        if folder.name not in previous.settled
     ]
-    write_csv_atomic(pd.DataFrame(report, columns=REPORT_COLUMNS), out_dir / "report.csv")
-    write_csv_atomic(df, manifest_csv)
-    write_json_atomic(
-        {
-            "digest": digest,
-            "settings": settings,
-            "split": split_settings,
-            "complete": not any(s.get("failed") for s in skipped),
-            "orientation": "PIR",
-            "units": "HU",
-            "mirrored": "femur_right samples: R axis (axis 2) of the PIR arrays flipped, affine kept",
-            "raw_dir": str(raw_dir),
-            "subjects": sorted(results),
-            "samples": rows,
-            "skipped": skipped,
-            "timing": {
-                "workers": workers,
-                "seconds": round(elapsed, 3),
-                "new_samples": new,
-                "samples_per_min": round(rate, 2),
-            },
-        },
-        manifest_json,
+    results, elapsed = run_subjects(jobs, _process_subject, workers, f"totalseg {task}", progress)
+    meta = {
+        "digest": settings_digest,
+        "settings": settings,
+        "split": split_settings,
+        "mirrored": "femur_right samples: R axis (axis 2) of the PIR arrays flipped, affine kept",
+        "raw_dir": str(raw_dir),
+        "subjects": sorted(names),
+    }
+    rows = write_prepared(
+        out_dir, results, previous, MANIFEST_COLUMNS, meta, assignment, split_seed, workers, elapsed
     )
-    for s in skipped:
-        log.info("%s %s: %s", "failed" if s.get("failed") else "skipped", s["sample_id"], s["reason"])
-    log.info("%d new samples in %.1f s (%.1f samples/min, %d workers)", new, elapsed, rate, workers)
     if not rows:
         log.warning("no %s sample could be prepared from %s; see %s", task, raw_dir, out_dir / "report.csv")
     return manifest_csv

@@ -57,8 +57,8 @@ def _check_sample(root: Path, row: dict, report: VerifyReport) -> None:
     ct_data, mask_data = np.asarray(ct.dataobj), np.asarray(mask.dataobj)
     if ct_data.shape != mask_data.shape or not np.allclose(ct.affine, mask.affine, atol=1e-3):
         report.errors.append(
-            f"{sid}: CT {row['ct_path']} {ct_data.shape} and mask {row['mask_path']} {mask_data.shape} do not "
-            "share one grid; re-prepare the sample"
+            f"{sid}: CT {row['ct_path']} {ct_data.shape} and mask {row['mask_path']} {mask_data.shape} "
+            "do not share one grid; re-prepare the sample"
         )
         return
     axcodes = nib.aff2axcodes(ct.affine)
@@ -100,7 +100,8 @@ def _check_sample(root: Path, row: dict, report: VerifyReport) -> None:
         )
     elif ct_data.min() < -1100 or ct_data.max() < 100:
         report.warnings.append(
-            f"{sid}: CT range [{ct_data.min():.0f}, {ct_data.max():.0f}] does not look like HU clipped at -1024"
+            f"{sid}: CT range [{ct_data.min():.0f}, {ct_data.max():.0f}] does not look like HU "
+            "clipped at -1024"
         )
 
 

@@ -36,8 +36,6 @@ import json
 import logging
 import math
 import re
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +45,18 @@ import pandas as pd
 from nibabel import orientations as ornt
 
 from xray3d.data.cli import add_prepare_arguments, run_prepare
-from xray3d.data.io import DataError, load_nifti, save_nifti_atomic, write_csv_atomic, write_json_atomic
+from xray3d.data.io import DataError, load_nifti, save_nifti_atomic
+from xray3d.data.preparation import (
+    check_geometry,
+    digest,
+    integral_labels,
+    load_previous,
+    run_subjects,
+    skip_entry,
+    write_prepared,
+)
 from xray3d.data.roi import PRESETS, extract_roi, largest_component, pir_grid_affine
-from xray3d.data.splits import load_split_lists, reference_split
-from xray3d.data.totalseg import _check_geometry, _digest, _init_worker, _integral_labels, _sample_ok, _skip
+from xray3d.data.splits import load_split_lists
 
 __all__ = [
     "prepare_verse",
@@ -88,7 +94,6 @@ MANIFEST_COLUMNS = [
     "ct_path",
     "mask_path",
 ]
-REPORT_COLUMNS = ["subject", "sample_id", "status", "reason"]
 PREP_VERSION = 1
 GRADES = {"0": "none", "1": "mild", "2": "moderate", "3": "severe", "x": "foreign"}
 SHAPES = {"0": "none", "1": "wedge", "2": "biconcave", "3": "crush", "x": "foreign"}
@@ -268,10 +273,10 @@ def _process_subject(job: dict[str, Any]) -> dict[str, Any]:
     try:
         rows, skipped = _subject_samples(job)
     except DataError as exc:
-        return {"subject": subject, "rows": [], "skipped": [_skip(subject, subject, str(exc), True)]}
+        return {"subject": subject, "rows": [], "skipped": [skip_entry(subject, subject, str(exc), True)]}
     except Exception as exc:  # one bad subject must not stop the others
         reason = f"{type(exc).__name__}: {exc}"
-        return {"subject": subject, "rows": [], "skipped": [_skip(subject, subject, reason, True)]}
+        return {"subject": subject, "rows": [], "skipped": [skip_entry(subject, subject, reason, True)]}
     return {"subject": subject, "rows": rows, "skipped": skipped}
 
 
@@ -291,10 +296,10 @@ def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     ct = load_nifti(files["ct"], "CT")
     if len(ct.shape) != 3:
         raise DataError(f"CT {files['ct'].name} is not a 3D volume (shape {ct.shape})")
-    _check_geometry(ct, mask_img, files["mask"])
+    check_geometry(ct, mask_img, files["mask"])
     if not np.isfinite(np.asanyarray(ct.dataobj)).all():
         raise DataError(f"CT {files['ct'].name} contains NaN/inf voxels")
-    labels = _integral_labels(mask_img, files["mask"])
+    labels = integral_labels(mask_img, files["mask"])
     present = set(np.unique(labels).tolist())
     centres = centroids_world(direction, cents, mask_img.affine, mask_img.shape)
 
@@ -305,17 +310,17 @@ def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
             rows.append(done[sample_id])
             continue
         if label not in present:
-            skipped.append(_skip(subject, sample_id, f"centroid label {label} absent from the mask"))
+            skipped.append(skip_entry(subject, sample_id, f"centroid label {label} absent from the mask"))
             continue
         ct_crop, lab_crop = _crop(ct, labels, centre, preset.grid_size, preset.spacing_mm)
         if ct_crop is None or not (lab_crop == label).any():
-            skipped.append(_skip(subject, sample_id, "empty mask after ROI extraction"))
+            skipped.append(skip_entry(subject, sample_id, "empty mask after ROI extraction"))
             continue
         mask = largest_component(lab_crop == label)
         ct_roi, msk_roi = extract_roi(ct_crop, mask, centre, preset.grid_size, preset.spacing_mm)
         voxels = int(np.asarray(msk_roi.dataobj).sum())
         if voxels == 0:
-            skipped.append(_skip(subject, sample_id, "empty mask after ROI extraction"))
+            skipped.append(skip_entry(subject, sample_id, "empty mask after ROI extraction"))
             continue
         rel_ct, rel_msk = f"vertebra/{sample_id}_ct.nii.gz", f"vertebra/{sample_id}_msk.nii.gz"
         save_nifti_atomic(ct_roi, out_dir / rel_ct)
@@ -405,7 +410,7 @@ def prepare_verse(
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     preset = PRESETS["vertebra"]
     settings = {"version": PREP_VERSION, "task": "verse2019", "roi": [preset.roi_mm, preset.grid_size]}
-    digest = _digest(settings)
+    settings_digest = digest(settings)
     assignment = load_split_lists(split_lists) if split_lists else None
     table_path = Path(fracture_table) if fracture_table else None
     table = load_fracture_table(table_path) if table_path else None
@@ -416,132 +421,44 @@ def prepare_verse(
         "lists": assignment,
         "fracture_table": _file_digest(table_path),
     }
-    manifest_csv, manifest_json = out_dir / "manifest.csv", out_dir / "manifest.json"
+    manifest_csv = out_dir / "manifest.csv"
     subjects = find_subjects(raw_dir)
     if not subjects:
         raise DataError(
             f"no VerSe file (*_ct.nii.gz, *_seg-vert_msk.nii.gz, *_seg-subreg_ctd.json) in {raw_dir}"
         )
 
-    prev_rows: dict[str, list[dict]] = {}
-    prev_skip: dict[str, list[dict]] = {}
-    settled: set[str] = set()
-    if manifest_json.is_file() and not force:
-        try:
-            meta = json.loads(manifest_json.read_text())
-            if meta.get("digest") == digest:
-                for r in meta["samples"]:
-                    if _sample_ok(r, out_dir):
-                        prev_rows.setdefault(r["subject"], []).append(r)
-                for s in meta["skipped"]:
-                    prev_skip.setdefault(s["subject"], []).append(s)
-                for subj in meta["subjects"]:
-                    n_rows = sum(1 for r in meta["samples"] if r["subject"] == subj)
-                    ok = len(prev_rows.get(subj, [])) == n_rows
-                    if ok and not any(s.get("failed") for s in prev_skip.get(subj, [])):
-                        settled.add(subj)
-                if (
-                    settled >= set(subjects)
-                    and meta.get("split") == split_settings
-                    and manifest_csv.is_file()
-                ):
-                    log.info("verse2019 already prepared in %s", out_dir)
-                    return manifest_csv
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable manifest %s (%s); re-preparing", manifest_json, exc)
-            prev_rows, prev_skip, settled = {}, {}, set()
-
-    results: dict[str, dict] = {}
-    jobs = []
-    for subj, files in subjects.items():
-        if subj in settled:
-            results[subj] = {
-                "subject": subj,
-                "rows": prev_rows.get(subj, []),
-                "skipped": prev_skip.get(subj, []),
-            }
-            continue
-        jobs.append(
-            {
-                "subject": subj,
-                "files": {k: (str(v) if v else None) for k, v in files.items()},
-                "source": str(files["ct"].relative_to(raw_dir)) if files["ct"] else "",
-                "out_dir": str(out_dir),
-                "done": {r["sample_id"]: r for r in prev_rows.get(subj, [])},
-            }
-        )
-
-    t0 = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), desc="verse2019", unit="subject", disable=not progress or not jobs)
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            results[job["subject"]] = _process_subject(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_init_worker) as pool:
-            for fut in as_completed([pool.submit(_process_subject, job) for job in jobs]):
-                res = fut.result()
-                results[res["subject"]] = res
-                bar.update()
-    bar.close()
-    elapsed = time.perf_counter() - t0
-
-    rows = [r for s in sorted(results) for r in results[s]["rows"]]
-    skipped = [k for s in sorted(results) for k in results[s]["skipped"]]
-    reused = {r["sample_id"] for rs in prev_rows.values() for r in rs}
-    new = sum(1 for r in rows if r["sample_id"] not in reused)
-    rate = new / (elapsed / 60.0) if elapsed > 0 and new else 0.0
-
-    kept = sorted({r["subject"] for r in rows})
-    if assignment is not None:
-        split_of = {s: assignment.get(s, "unlisted") for s in kept}
-    else:
-        split_of = reference_split(kept, seed=split_seed)
-    for r in rows:
-        r["split"] = split_of[r["subject"]]
-        r["fracture_grade"], r["fracture_shape"] = _fracture(table, r["subject"], int(r["label"]))
-
-    report = [
-        {"subject": r["subject"], "sample_id": r["sample_id"], "status": "prepared", "reason": ""}
-        for r in rows
-    ] + [
+    previous = load_previous(out_dir, settings_digest, subjects, split_settings, force)
+    if previous.up_to_date:
+        log.info("verse2019 already prepared in %s", out_dir)
+        return manifest_csv
+    jobs = [
         {
-            "subject": s["subject"],
-            "sample_id": s["sample_id"],
-            "status": "failed" if s.get("failed") else "skipped",
-            "reason": s["reason"],
+            "subject": subj,
+            "files": {k: (str(v) if v else None) for k, v in files.items()},
+            "source": str(files["ct"].relative_to(raw_dir)) if files["ct"] else "",
+            "out_dir": str(out_dir),
+            "done": {r["sample_id"]: r for r in previous.rows.get(subj, [])},
         }
-        for s in skipped
+        for subj, files in subjects.items()
+        if subj not in previous.settled
     ]
-    write_csv_atomic(pd.DataFrame(report, columns=REPORT_COLUMNS), out_dir / "report.csv")
-    write_csv_atomic(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), manifest_csv)
-    write_json_atomic(
-        {
-            "digest": digest,
-            "settings": settings,
-            "split": split_settings,
-            "complete": not any(s.get("failed") for s in skipped),
-            "orientation": "PIR",
-            "units": "HU",
-            "raw_dir": str(raw_dir),
-            "fracture_table": str(table_path) if table_path else None,
-            "subjects": sorted(results),
-            "samples": rows,
-            "skipped": skipped,
-            "timing": {
-                "workers": workers,
-                "seconds": round(elapsed, 3),
-                "new_samples": new,
-                "samples_per_min": round(rate, 2),
-            },
-        },
-        manifest_json,
+    results, elapsed = run_subjects(jobs, _process_subject, workers, "verse2019", progress)
+
+    def annotate(row: dict) -> None:
+        row["fracture_grade"], row["fracture_shape"] = _fracture(table, row["subject"], int(row["label"]))
+
+    meta = {
+        "digest": settings_digest,
+        "settings": settings,
+        "split": split_settings,
+        "raw_dir": str(raw_dir),
+        "fracture_table": str(table_path) if table_path else None,
+        "subjects": sorted(subjects),
+    }
+    rows = write_prepared(
+        out_dir, results, previous, MANIFEST_COLUMNS, meta, assignment, split_seed, workers, elapsed, annotate
     )
-    for s in skipped:
-        log.info("%s %s: %s", "failed" if s.get("failed") else "skipped", s["sample_id"], s["reason"])
-    log.info("%d new samples in %.1f s (%.1f samples/min, %d workers)", new, elapsed, rate, workers)
     if not rows:
         log.warning("no vertebra could be prepared from %s; see %s", raw_dir, out_dir / "report.csv")
     return manifest_csv

@@ -47,6 +47,24 @@ def metric_keys(convention: str = "mm") -> tuple[str, ...]:
     raise ValueError(f"unknown metric convention {convention!r}; choose one of {CONVENTIONS}")
 
 
+def binary_pair(
+    pred: np.ndarray, gt: np.ndarray, spacing_mm: float | Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Validate a prediction / ground-truth pair: boolean 3D arrays of one shape and a 3-axis spacing in mm.
+
+    Raises:
+        ValueError: naming the shapes or the spacing.
+    """
+    pred = np.asarray(pred).astype(bool)
+    gt = np.asarray(gt).astype(bool)
+    if pred.shape != gt.shape or pred.ndim != 3:
+        raise ValueError(f"pred and gt must be 3D arrays of one shape, got {pred.shape} and {gt.shape}")
+    spacing = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing_mm must be positive, one value or three, got {spacing_mm}")
+    return pred, gt, spacing
+
+
 def binary_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -74,13 +92,7 @@ def binary_metrics(
         return reference_metrics(pred, gt, spacing_mm, nsd_tolerance_mm)
     if convention != "mm":
         raise ValueError(f"unknown metric convention {convention!r}; choose one of {CONVENTIONS}")
-    pred = np.asarray(pred).astype(bool)
-    gt = np.asarray(gt).astype(bool)
-    if pred.shape != gt.shape or pred.ndim != 3:
-        raise ValueError(f"pred and gt must be 3D arrays of one shape, got {pred.shape} and {gt.shape}")
-    spacing = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing_mm must be positive, one value or three, got {spacing_mm}")
+    pred, gt, spacing = binary_pair(pred, gt, spacing_mm)
     empty_pred, empty_gt = not pred.any(), not gt.any()
     out: dict[str, float | bool] = {"empty_pred": empty_pred, "empty_gt": empty_gt}
     if empty_pred and empty_gt:

@@ -44,6 +44,8 @@ import surface_distance as sd
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
+from xray3d.metrics.image import binary_pair
+
 __all__ = ["reference_metrics", "REFERENCE_METRIC_KEYS", "REFERENCE_NSD_TOLERANCE_MM"]
 
 REFERENCE_METRIC_KEYS = ("dice", "hd95_vox", "asd_vox", "nsd")
@@ -72,13 +74,7 @@ def reference_metrics(
     Returns:
         ``{"dice", "hd95_vox", "asd_vox", "nsd", "empty_pred", "empty_gt"}`` (raw, unrounded values).
     """
-    pred = np.asarray(pred).astype(bool)
-    gt = np.asarray(gt).astype(bool)
-    if pred.shape != gt.shape or pred.ndim != 3:
-        raise ValueError(f"pred and gt must be 3D arrays of one shape, got {pred.shape} and {gt.shape}")
-    spacing = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing_mm must be positive, one value or three, got {spacing_mm}")
+    pred, gt, spacing = binary_pair(pred, gt, spacing_mm)
     empty_pred, empty_gt = not pred.any(), not gt.any()
     out: dict[str, float | bool] = {"empty_pred": empty_pred, "empty_gt": empty_gt}
     if empty_gt:
