@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -12,7 +13,9 @@ import pandas as pd
 from lightning.pytorch.loggers import WandbLogger
 
 from xray3d.baselines import mean_shape
-from xray3d.data.io import write_csv_atomic, write_json_atomic
+from xray3d.clinical.evaluate import measure_pair
+from xray3d.data.io import write_csv_atomic, write_json_atomic, write_text_atomic
+from xray3d.metrics.evaluation_report import write_evaluation_report
 from xray3d.metrics.image import METRIC_KEYS, binary_metrics
 
 __all__ = ["MetricsReport", "summarize"]
@@ -41,21 +44,69 @@ def summarize(df: pd.DataFrame, keys: tuple[str, ...] = METRIC_KEYS) -> dict:
 
 
 class MetricsReport(L.Callback):
-    """At the end of a test epoch write ``metrics/per_case.csv`` and ``metrics/summary.json``.
+    """At the end of a test epoch write the evaluation report of the run into ``<output_dir>/metrics``.
 
-    The per-case rows carry the sample metadata of the manifest and, when the datamodule has a
-    training split, the mean-shape baseline's Dice on the same case.
+    Files: ``per_case.csv`` (image metrics, clinical parameters of ground truth and prediction and their
+    errors, sample metadata, mean-shape baseline Dice), ``clinical.jsonl`` (complete clinical
+    measurements, points included), ``summary.json`` and the tables/plots of
+    :func:`~xray3d.metrics.evaluation_report.write_evaluation_report` (paper-format table with bootstrap
+    CIs, subgroups by the datamodule's ``group_by`` columns, clinical medians, Dice-vs-clinical
+    correlation). Everything is mirrored to W&B (per-case table, summary, plots) when a WandbLogger is
+    attached; the files on disk are the primary copy.
+
+    The clinical measurement (``datamodule.clinical``, from ``conf/clinical/<anatomy>.yaml``) runs per
+    test batch on the binarised prediction and the ground truth, in the scan's world coordinates.
 
     Args:
         output_dir: run directory.
         config_digest: digest of the composed config (recorded in the summary).
+        labels: constant columns of the report rows (e.g. model and data config names).
+        clinical: measure clinical parameters when the datamodule provides a measurement.
+        plots: write PNG plots.
+        n_boot: bootstrap resamples of the CIs.
     """
 
-    def __init__(self, output_dir: str, config_digest: str = "") -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        config_digest: str = "",
+        labels: dict | None = None,
+        clinical: bool = True,
+        plots: bool = True,
+        n_boot: int = 1000,
+    ) -> None:
         self.output_dir = Path(output_dir) / "metrics"
         self.config_digest = config_digest
+        self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
+        self.clinical = clinical
+        self.plots = plots
+        self.n_boot = n_boot
         self.ckpt_path: str | None = None
         self.last_summary: dict | None = None
+        self._clinical_rows: dict[str, dict] = {}
+        self._clinical_records: list[dict] = []
+
+    def _measure(self, trainer: L.Trainer):
+        dm = trainer.datamodule
+        return getattr(dm, "clinical", None) if self.clinical and dm is not None else None
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._clinical_rows, self._clinical_records = {}, []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        measure = self._measure(trainer)
+        if measure is None or not isinstance(outputs, dict) or "pred" not in outputs:
+            return
+        pred = outputs["pred"].detach().cpu().numpy()
+        gt = batch["mask"].detach().cpu().numpy() > 0.5
+        for i, sid in enumerate(batch["sample_id"]):
+            if "affine" in batch:
+                affine = batch["affine"][i].detach().cpu().double().numpy()
+            else:  # a PIR grid at the sample's spacing (world = ROI frame)
+                affine = np.diag([float(batch["spacing_mm"][i])] * 3 + [1.0])
+            row, record = measure_pair(measure, gt[i, 0], pred[i, 0], affine)
+            self._clinical_rows[str(sid)] = row
+            self._clinical_records.append({"sample_id": str(sid), **record})
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = list(pl_module.case_rows.get("test", []))
@@ -63,8 +114,13 @@ class MetricsReport(L.Callback):
             log.warning("no test cases were evaluated; no report written")
             return
         df = pd.DataFrame(rows)
+        if self._clinical_rows:
+            clin = pd.DataFrame([{"sample_id": k, **v} for k, v in self._clinical_rows.items()])
+            df = df.merge(clin, on="sample_id", how="left")
         dm = trainer.datamodule
         baseline = None
+        group_by: tuple[str, ...] = tuple(getattr(dm, "group_by", ()) or ())
+        anatomy = getattr(dm, "anatomy", None)
         if dm is not None and hasattr(dm, "dataset"):
             test_ds = dm.dataset("test")
             meta = pd.DataFrame(test_ds.metadata).drop(columns=["ct_path", "mask_path"], errors="ignore")
@@ -84,27 +140,58 @@ class MetricsReport(L.Callback):
                 }
             except Exception as exc:  # no training split (e.g. external test set): report without baseline
                 log.info("mean-shape baseline not computed: %s", exc)
+        labels = dict(self.labels)
+        if anatomy and "anatomy" not in labels and "anatomy" not in df:
+            labels["anatomy"] = str(anatomy)
+        report = write_evaluation_report(
+            df, self.output_dir, group_by=group_by, labels=labels, n_boot=self.n_boot, plots=self.plots
+        )
         summary = {
             "n_cases": len(df),
+            "labels": labels,
             "metrics": summarize(df),
             "n_empty_pred": int(df["empty_pred"].sum()),
             "ckpt_path": self.ckpt_path,
             "config_digest": self.config_digest,
             "baseline": baseline,
+            "clinical": report["clinical"],
+            "dice_vs_clinical": report["dice_vs_clinical"],
+            "subgroups_flagged": [r for r in report["subgroups"] if r["flag"]],
             "per_case_csv": str(self.output_dir / "per_case.csv"),
+            "files": report["paths"],
         }
         write_csv_atomic(df, self.output_dir / "per_case.csv")
+        if self._clinical_records:
+            text = "".join(json.dumps(r, default=float) + "\n" for r in self._clinical_records)
+            write_text_atomic(text, self.output_dir / "clinical.jsonl")
         write_json_atomic(summary, self.output_dir / "summary.json")
         self.last_summary = summary
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                table = df.replace([np.inf, -np.inf], np.nan)
-                logger.log_table(key="test/per_case", dataframe=table)
-                flat = {
-                    f"test_summary/{k}_{s}": v[s]
-                    for k, v in summary["metrics"].items()
-                    for s in ("mean", "median")
-                }
-                if baseline:
-                    flat["test_summary/baseline_dice_mean"] = baseline["baseline_dice"]["mean"]
-                logger.experiment.summary.update(flat)
+                self._to_wandb(logger, df, summary, report)
+
+    @staticmethod
+    def _to_wandb(logger: WandbLogger, df: pd.DataFrame, summary: dict, report: dict) -> None:
+        """Mirror the report to W&B: per-case table, subgroup/correlation tables, summary, plots."""
+        import wandb
+
+        logger.log_table(key="test/per_case", dataframe=df.replace([np.inf, -np.inf], np.nan))
+        if report["subgroups"]:
+            logger.log_table(key="test/subgroups", dataframe=pd.DataFrame(report["subgroups"]))
+        if report["dice_vs_clinical"]:
+            logger.log_table(key="test/dice_vs_clinical", dataframe=pd.DataFrame(report["dice_vs_clinical"]))
+        flat = {
+            f"test_summary/{k}_{s}": v[s] for k, v in summary["metrics"].items() for s in ("mean", "median")
+        }
+        if summary["baseline"]:
+            flat["test_summary/baseline_dice_mean"] = summary["baseline"]["baseline_dice"]["mean"]
+        for col, stats in (summary["clinical"] or {}).get("errors", {}).items():
+            flat[f"test_summary/{col}_median"] = stats["median"]
+        logger.experiment.summary.update(flat)
+        images = {
+            f"test_plots/{name[:-4]}": wandb.Image(path)
+            for name, path in report["paths"].items()
+            if name.endswith("_png")
+        }
+        if images:
+            logger.experiment.log(images)

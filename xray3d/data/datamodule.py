@@ -42,6 +42,9 @@ class BiplanarDataModule(L.LightningDataModule):
         rotation_deg: max absolute random rotation added to each Euler angle of each view (training).
         gamma_jitter: training images get ``img ** gamma``, ``log(gamma) ~ U(-j, j)``.
         noise_std: std of Gaussian noise added to the [0, 1] training images.
+        clinical: ``measure(mask, affine) -> dict`` of the anatomy's clinical parameters
+            (``conf/clinical/<anatomy>.yaml``), measured at test time on ground truth and prediction.
+        group_by: manifest metadata columns the test report disaggregates by (subgroups).
     """
 
     def __init__(
@@ -61,6 +64,8 @@ class BiplanarDataModule(L.LightningDataModule):
         rotation_deg: float = 3.0,
         gamma_jitter: float = 0.1,
         noise_std: float = 0.01,
+        clinical: Callable[..., dict] | None = None,
+        group_by: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -80,6 +85,8 @@ class BiplanarDataModule(L.LightningDataModule):
         self.rotation_deg = float(rotation_deg)
         self.gamma_jitter = float(gamma_jitter)
         self.noise_std = float(noise_std)
+        self.clinical = clinical
+        self.group_by = tuple(group_by)
         self.datasets: dict[str, ManifestDataset] = {}
 
     @property

@@ -67,6 +67,8 @@ def load_sample(root: Path, row: dict, spacing_mm: float, grid_size: int) -> dic
         "mask": torch.from_numpy((mask > 0.5).astype(np.float32))[None],
         "sample_id": str(row["sample_id"]),
         "spacing_mm": float(spacing_mm),
+        # voxel -> world (mm) of the scan the ROI was cut from: clinical points are reported in it
+        "affine": torch.from_numpy(np.asarray(ct_img.affine, dtype=np.float64)),
     }
 
 
@@ -84,7 +86,7 @@ class ManifestDataset(Dataset):
         grid_size: expected grid side.
 
     Items: ``{"ct": (1, D, H, W) float32 HU, "mask": (1, D, H, W) float32 {0,1}, "sample_id": str,
-    "spacing_mm": float}``, PIR.
+    "spacing_mm": float, "affine": (4, 4) float64 voxel-to-world mm}``, PIR.
     """
 
     def __init__(

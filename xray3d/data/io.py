@@ -17,6 +17,7 @@ __all__ = [
     "load_nifti",
     "save_nifti_atomic",
     "write_text_atomic",
+    "write_bytes_atomic",
     "write_json_atomic",
     "write_csv_atomic",
 ]
@@ -76,6 +77,19 @@ def write_text_atomic(text: str, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write a binary file (e.g. a PNG) atomically."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -30,6 +30,10 @@ __all__ = [
     "to_markdown",
     "to_latex",
     "disaggregate",
+    "error_columns",
+    "clinical_summary",
+    "clinical_table",
+    "metric_vs_errors",
     "DISPLAY_NAMES",
     "DISPLAY_SCALE",
 ]
@@ -277,4 +281,102 @@ def disaggregate(
                 "flag": bool(flag),
             }
         )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- clinical parameters
+def error_columns(df: pd.DataFrame) -> list[str]:
+    """The clinical-error columns of per-case rows (``<name>_err_mm`` / ``_err_deg`` / ...), sorted."""
+    return sorted(c for c in df.columns if "_err_" in c and pd.api.types.is_numeric_dtype(df[c]))
+
+
+def clinical_summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Per clinical error: median (the reference's statistic), mean, IQR, CI of the mean, n; failures.
+
+    Returns:
+        ``{"errors": {col: {...}}, "n_cases", "n_measured", "n_gt_failed", "n_pred_failed", "failures":
+        [{"sample_id", "status", "reason"}]}``; empty dict when ``df`` has no ``clinical_status``.
+    """
+    if "clinical_status" not in df:
+        return {}
+    status = df["clinical_status"].fillna("")
+    errors = {}
+    for col in error_columns(df):
+        vals = _finite(df[col])
+        stats = describe(df[col], n_boot=n_boot, seed=seed)  # n counts every case, NaN = not measured
+        stats["q25"] = float(np.percentile(vals, 25)) if len(vals) else math.nan
+        stats["q75"] = float(np.percentile(vals, 75)) if len(vals) else math.nan
+        errors[col] = stats
+    id_col = "sample_id" if "sample_id" in df else "case" if "case" in df else None
+    failed = df[status != "ok"]
+    return {
+        "errors": errors,
+        "n_cases": int(len(df)),
+        "n_measured": int((status == "ok").sum()),
+        "n_gt_failed": int((status == "gt_failed").sum()),
+        "n_pred_failed": int((status == "pred_failed").sum()),
+        "failures": [
+            {
+                "case": str(r[id_col]) if id_col else "",
+                "status": str(r["clinical_status"]),
+                "reason": str(r.get("clinical_reason", "")),
+            }
+            for _, r in failed.iterrows()
+        ],
+    }
+
+
+def metric_vs_errors(df: pd.DataFrame, metric: str = "dice", min_n: int = 3) -> pd.DataFrame:
+    """Correlation between an image metric and every clinical error over the cases measured on both.
+
+    Spearman's rho (rank, robust to outliers) and Pearson's r with two-sided p-values
+    (:mod:`scipy.stats`); a good image metric should correlate negatively with clinical errors
+    (higher Dice, smaller error). Errors with fewer than ``min_n`` paired cases or a constant column
+    get NaN statistics and their ``n``.
+
+    Returns:
+        Columns ``["metric", "error", "n", "spearman_rho", "spearman_p", "pearson_r", "pearson_p"]``.
+    """
+    from scipy import stats
+
+    rows = []
+    if metric not in df:
+        return pd.DataFrame(
+            columns=["metric", "error", "n", "spearman_rho", "spearman_p", "pearson_r", "pearson_p"]
+        )
+    for col in error_columns(df):
+        pair = df[[metric, col]].astype(float).replace([np.inf, -np.inf], np.nan).dropna()
+        row = {"metric": metric, "error": col, "n": int(len(pair))}
+        x, y = pair[metric].to_numpy(), pair[col].to_numpy()
+        if len(pair) >= min_n and np.ptp(x) > 0 and np.ptp(y) > 0:
+            rho, p_s = stats.spearmanr(x, y)
+            r, p_p = stats.pearsonr(x, y)
+            row.update(
+                spearman_rho=float(rho), spearman_p=float(p_s), pearson_r=float(r), pearson_p=float(p_p)
+            )
+        else:
+            row.update(spearman_rho=math.nan, spearman_p=math.nan, pearson_r=math.nan, pearson_p=math.nan)
+        rows.append(row)
+    return pd.DataFrame(
+        rows, columns=["metric", "error", "n", "spearman_rho", "spearman_p", "pearson_r", "pearson_p"]
+    )
+
+
+def clinical_table(df: pd.DataFrame, group_cols: Sequence[str] = ("model", "anatomy")) -> pd.DataFrame:
+    """Median absolute clinical error per group and parameter (spec §8.6 format), with n measured.
+
+    Returns:
+        One row per group: the group columns, then one ``"<median> (n=<k>)"`` cell per error column
+        (empty when the group has no value for it).
+    """
+    cols = [c for c in group_cols if c in df]
+    errs = error_columns(df)
+    rows = []
+    for key, g in df.groupby(cols, sort=True) if cols else [((), df)]:
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(cols, key, strict=True))
+        for col in errs:
+            vals = _finite(g[col])
+            row[col] = f"{np.median(vals):.2f} (n={len(vals)})" if len(vals) else ""
+        rows.append(row)
     return pd.DataFrame(rows)

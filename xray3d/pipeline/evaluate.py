@@ -12,7 +12,7 @@ from xray3d.callbacks.metrics_report import MetricsReport
 from xray3d.pipeline.train import CONF_DIR, _finish_wandb, build, print_report, report_paths
 from xray3d.utils.instantiate import save_run_info
 
-__all__ = ["run", "main"]
+__all__ = ["run", "main", "train_choice"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,16 @@ def _train_config_of(ckpt: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def train_choice(ckpt: Path, group: str) -> str | None:
+    """The config-group choice (e.g. ``model`` -> ``"unet"``) of the training run that wrote ``ckpt``."""
+    cfg_path = _train_config_of(ckpt)
+    hydra_yaml = cfg_path.parent / "hydra.yaml" if cfg_path is not None else None
+    if hydra_yaml is None or not hydra_yaml.is_file():
+        return None
+    choice = OmegaConf.select(OmegaConf.load(hydra_yaml), f"hydra.runtime.choices.{group}", default=None)
+    return str(choice) if choice is not None else None
 
 
 def run(cfg: DictConfig) -> tuple[dict, dict]:
@@ -51,9 +61,12 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
             cfg.model.net.autoencoder_ckpt = None
     save_run_info(cfg, cfg.paths.output_dir)
     objs = build(cfg)
+    model_name = train_choice(ckpt, "model") if cfg.get("use_train_model", True) else None
     for cb in objs["callbacks"]:
         if isinstance(cb, MetricsReport):
             cb.ckpt_path = str(ckpt)
+            if model_name:
+                cb.labels["model"] = model_name
     try:
         objs["trainer"].test(
             objs["model"], datamodule=objs["datamodule"], ckpt_path=str(ckpt), weights_only=False

@@ -19,20 +19,17 @@ import logging
 from pathlib import Path
 
 import hydra
-import matplotlib
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
-
-from xray3d.data.io import write_csv_atomic, write_text_atomic  # noqa: E402
-from xray3d.metrics.image import binary_metrics  # noqa: E402
-from xray3d.metrics.report import summary_stats, summary_table, to_latex, to_markdown  # noqa: E402
-from xray3d.pipeline.evaluate import _train_config_of  # noqa: E402
-from xray3d.pipeline.train import CONF_DIR  # noqa: E402
-from xray3d.utils.instantiate import save_run_info  # noqa: E402
+from xray3d.data.io import write_csv_atomic, write_text_atomic
+from xray3d.metrics.image import binary_metrics
+from xray3d.metrics.plots import robustness_curve
+from xray3d.metrics.report import summary_table, to_latex, to_markdown
+from xray3d.pipeline.evaluate import _train_config_of, train_choice
+from xray3d.pipeline.train import CONF_DIR
+from xray3d.utils.instantiate import save_run_info
 
 __all__ = ["run", "main", "VIEW_INDEX"]
 
@@ -95,23 +92,21 @@ def run(cfg: DictConfig) -> pd.DataFrame:
                 rows.append({"sample_id": sid, "angle_deg": float(angle), **m})
         log.info("angle %s deg: %d cases", angle, len(rows))
     df = pd.DataFrame(rows)
+    df["model"] = train_choice(ckpt, "model") or "unknown"
+    df["anatomy"] = str(dm.anatomy)
+    df["views"] = "+".join(cfg.views)
     out = Path(cfg.paths.output_dir) / "robustness"
     write_csv_atomic(df, out / "per_case.csv")
     table = summary_table(df, group_cols=("angle_deg",), seed=cfg.seed)
     write_text_atomic(to_markdown(table), out / "table.md")
     write_text_atomic(to_latex(table), out / "table.tex")
-    stats = summary_stats(df, group_cols=("angle_deg",), metrics=("dice", "hd95_mm"), seed=cfg.seed)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    for axis, metric in zip(axes, ("dice", "hd95_mm"), strict=True):
-        s = stats[stats.metric == metric].sort_values("angle_deg")
-        axis.plot(s["angle_deg"], s["mean"], marker="o")
-        axis.fill_between(s["angle_deg"], s["ci_lo"], s["ci_hi"], alpha=0.25)
-        axis.set_xlabel(f"rotation of {'+'.join(cfg.views)} (deg)")
-        axis.set_ylabel(metric)
-    fig.suptitle(f"angle perturbation: {ckpt.name}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=100)
-    plt.close(fig)
+    robustness_curve(
+        df,
+        out / "curve.png",
+        xlabel=f"rotation of {'+'.join(cfg.views)} (deg)",
+        title=f"angle perturbation: {ckpt.name}",
+        seed=cfg.seed,
+    )
     print(to_markdown(table))
     print(f"robustness results: {out}")
     return df

@@ -4,6 +4,7 @@ Usage::
 
     python -m xray3d.pipeline.score_folder --pred DIR --gt DIR --out DIR [--convention mm|reference]
         [--spacing-mm S [S S]] [--nsd-tolerance-mm 1.5] [--threshold 0.5] [--pattern '*.nii.gz']
+        [--anatomy femur|hip|vertebra|rib] [--metadata cases.csv --group-by COL ...]
 
 Matching rule: a file's *case name* is its name without ``.nii.gz``/``.nii`` and with trailing ``_pred``,
 ``_gt`` and ``_msk`` suffixes removed (repeatedly, so ``x_msk_gt`` and ``x_pred`` are both ``x``).
@@ -22,6 +23,10 @@ values; failed cases; unmatched files), ``table.md`` and ``table.tex`` (paper fo
 In the ``reference`` convention the summary also has ``metrics_rounded`` (per-case values rounded to
 2 decimals before aggregation, as the reference does) and the tables use those.
 
+``--anatomy`` adds the clinical parameters of both masks and their errors (columns ``gt_*``, ``pred_*``,
+``*_err_mm`` / ``*_err_deg``, ``clinical_status``); ``--metadata``/``--group-by`` add subgroup tables. Then
+also: ``subgroups.*``, ``clinical.md``, ``dice_vs_clinical.*``, ``boxplot.png`` (as a test run writes).
+
 Exit code 0 when at least one case was scored, 1 otherwise.
 """
 
@@ -38,7 +43,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xray3d.clinical.cli import load_measure
+from xray3d.clinical.evaluate import measure_pair
 from xray3d.data.io import DataError, load_nifti, write_csv_atomic, write_json_atomic, write_text_atomic
+from xray3d.metrics.evaluation_report import write_evaluation_report
 from xray3d.metrics.image import CONVENTIONS, binary_metrics, metric_keys
 from xray3d.metrics.report import describe, summary_table, to_latex, to_markdown
 
@@ -118,6 +126,7 @@ def _score_pair(
     nsd_tolerance_mm: float,
     threshold: float,
     check_affine: bool,
+    measure=None,
 ) -> dict:
     pred_img = load_nifti(pred_path, "prediction")
     gt_img = load_nifti(gt_path, "ground-truth mask")
@@ -134,7 +143,26 @@ def _score_pair(
     if len(spacing) == 1:
         spacing = spacing * 3
     metrics = binary_metrics(pred, gt, spacing, nsd_tolerance_mm, convention=convention)
-    return {"spacing_mm": " ".join(f"{s:g}" for s in spacing), **metrics}
+    row = {"spacing_mm": " ".join(f"{s:g}" for s in spacing), **metrics}
+    if measure is not None:
+        affine = np.asarray(gt_img.affine, dtype=float).copy()
+        affine[:3, :3] = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0) * np.asarray(spacing)
+        row.update(measure_pair(measure, gt, pred, affine)[0])
+    return row
+
+
+def _read_metadata(path: Path) -> pd.DataFrame:
+    """Per-case metadata CSV keyed by ``case`` (the matched case name)."""
+    if not path.is_file():
+        raise DataError(f"--metadata file {path} does not exist")
+    try:
+        meta = pd.read_csv(path)
+    except Exception as exc:
+        raise DataError(f"--metadata file {path} cannot be read as CSV ({exc})") from exc
+    if "case" not in meta:
+        raise DataError(f"--metadata file {path} has no 'case' column (columns: {list(meta.columns)})")
+    meta["case"] = meta["case"].astype(str).map(case_name)
+    return meta
 
 
 def _jsonable(obj):
@@ -162,8 +190,17 @@ def score_folder(
     check_affine: bool = True,
     n_boot: int = 1000,
     seed: int = 0,
+    anatomy: str | None = None,
+    metadata: str | Path | None = None,
+    group_by: Sequence[str] = (),
 ) -> dict:
     """Score every matched pair and write ``per_case.csv``, ``summary.json``, ``table.md``, ``table.tex``.
+
+    With ``anatomy`` the clinical parameters (``conf/clinical/<anatomy>.yaml``) of both masks and their
+    errors are added; ``metadata`` (a CSV with a ``case`` column) is merged into the rows and
+    ``group_by`` names its columns to disaggregate by. Subgroup tables, clinical medians,
+    Dice-vs-clinical correlation and plots are written as by a test run
+    (:func:`~xray3d.metrics.evaluation_report.write_evaluation_report`).
 
     Returns:
         The summary (as written to ``summary.json``).
@@ -173,6 +210,17 @@ def score_folder(
         if not d.is_dir():
             raise DataError(f"{what} folder {d} does not exist")
     keys = metric_keys(convention)
+    measure = load_measure(anatomy) if anatomy else None
+    meta = None
+    if metadata is not None:
+        meta = _read_metadata(Path(metadata))
+        missing = [c for c in group_by if c not in meta]
+        if missing:
+            raise DataError(
+                f"--group-by columns {missing} are not in {metadata} (columns: {list(meta.columns)})"
+            )
+    elif group_by:
+        raise DataError("--group-by needs --metadata (a CSV with a 'case' column and the grouping columns)")
     pairs, unmatched_pred, unmatched_gt, ambiguous = match_files(pred_dir, gt_dir, pattern)
     rows: list[dict] = []
     for case, reason in sorted(ambiguous.items()):
@@ -182,7 +230,14 @@ def score_folder(
         try:
             row.update(
                 _score_pair(
-                    pred_path, gt_path, convention, spacing_mm, nsd_tolerance_mm, threshold, check_affine
+                    pred_path,
+                    gt_path,
+                    convention,
+                    spacing_mm,
+                    nsd_tolerance_mm,
+                    threshold,
+                    check_affine,
+                    measure,
                 )
             )
             row.update(status="ok", reason="")
@@ -201,7 +256,10 @@ def score_folder(
         "empty_pred",
         "empty_gt",
     ]
-    df = pd.DataFrame(rows, columns=columns).sort_values("case", kind="stable").reset_index(drop=True)
+    extra = sorted({k for r in rows for k in r} - set(columns))
+    df = pd.DataFrame(rows, columns=columns + extra).sort_values("case", kind="stable").reset_index(drop=True)
+    if meta is not None:
+        df = df.merge(meta, on="case", how="left")
     ok = df[df["status"] == "ok"].copy()
     for k in keys:
         ok[k] = ok[k].astype(float)
@@ -231,6 +289,13 @@ def score_folder(
         summary["metrics_rounded"] = {k: describe(table_df[k], n_boot=n_boot, seed=seed) for k in keys}
     table = summary_table(table_df, group_cols=(), metrics=keys, n_boot=n_boot, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    report = write_evaluation_report(
+        ok, out_dir, group_by=group_by, metrics=keys, n_boot=n_boot, seed=seed, tables=False
+    )
+    summary["clinical"] = report["clinical"]
+    summary["dice_vs_clinical"] = report["dice_vs_clinical"]
+    summary["subgroups_flagged"] = [r for r in report["subgroups"] if r["flag"]]
+    summary["files"] = report["paths"]
     write_csv_atomic(df, out_dir / "per_case.csv")
     write_json_atomic(_jsonable(summary), out_dir / "summary.json")
     write_text_atomic(to_markdown(table), out_dir / "table.md")
@@ -261,6 +326,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-affine-check", action="store_true", help="compare shapes only, not affines")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--anatomy", default=None, help="also measure clinical parameters (femur, hip, vertebra, rib)"
+    )
+    p.add_argument(
+        "--metadata", type=Path, default=None, help="CSV with a 'case' column and per-case metadata"
+    )
+    p.add_argument("--group-by", nargs="+", default=[], help="metadata columns to disaggregate by")
     return p
 
 
@@ -283,8 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_affine=not args.no_affine_check,
             n_boot=args.n_boot,
             seed=args.seed,
+            anatomy=args.anatomy,
+            metadata=args.metadata,
+            group_by=args.group_by,
         )
-    except DataError as exc:
+    except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for name in summary["unmatched_pred"]:
