@@ -20,7 +20,8 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
-from hydra import compose
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -39,25 +40,33 @@ _OWN_KEYS = ("targets", "in_domain", "data", "ckpt_path")
 
 
 def _passthrough(overrides: list[str]) -> list[str]:
-    """The user's overrides that apply to every sub-evaluation (not data / targets / ckpt_path)."""
+    """The user's overrides passed on to the sub-evaluations (not data= / targets / in_domain / ckpt_path).
+
+    ``data.<key>=...`` overrides are kept: they apply to the targets (the in-domain evaluation uses the
+    training run's data config as it was).
+    """
     out = []
     for o in overrides:
         key = o.lstrip("+~").split("=", 1)[0]
-        if key.split(".")[0] not in _OWN_KEYS and not key.startswith("hydra"):
+        if key not in _OWN_KEYS and not key.startswith("hydra"):
             out.append(o)
     return out
 
 
 def _compose_eval(data: str, ckpt: Path, out_dir: Path, overrides: list[str]) -> DictConfig:
-    cfg = compose(
-        config_name="eval",
-        overrides=[f"data={data}", f"ckpt_path={ckpt}", *overrides],
-        return_hydra_config=True,
-    )
+    overrides = [f"data={data}", f"ckpt_path={ckpt}", *overrides]
+    if GlobalHydra.instance().is_initialized():  # inside the @hydra.main job
+        cfg = compose(config_name="eval", overrides=overrides, return_hydra_config=True)
+    else:  # called as a library function
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="eval", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
         cfg.paths.output_dir = str(out_dir)
     HydraConfig().set_config(cfg)  # ${hydra:...} interpolations of the sub-run resolve to its own choices
+    with open_dict(cfg):
+        del cfg["hydra"]  # like a @hydra.main job config
     return cfg
 
 

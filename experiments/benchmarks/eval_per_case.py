@@ -1,0 +1,154 @@
+"""Time to evaluate one case (image metrics + the anatomy's clinical parameters) vs a model forward pass.
+
+Evaluation runs once per test case on the CPU (``MetricsReport``), so it must stay well below the time of
+the network's forward pass for the same case. For each anatomy this script takes a real ground-truth mask
+from ``../shared/data/xrayto3d-masks`` (true spacings set: femur 1.0 mm, rib 2.5 mm; the hip and
+vertebra masks are resampled onto their training grids, 128³ @ 2.25 mm and 64³ @ 1.5 mm), builds a
+plausible "prediction" from it (shifted by 2 voxels and eroded once, so every distance is non-trivial),
+and times side by side, interleaved, in one process:
+
+* ``metrics``: :func:`xray3d.metrics.image.binary_metrics` (Dice, HD95, ASD, NSD in mm);
+* ``clinical``: the anatomy's ``measure`` (``conf/clinical/<anatomy>.yaml``) on GT and prediction and
+  their errors (:func:`xray3d.clinical.evaluate.measure_pair`);
+* ``forward``: the model config's network (default ``unet``, reference settings) on a batch of one at the
+  same grid size, ``torch.no_grad``, after one warm-up pass.
+
+Usage::
+
+    python experiments/benchmarks/eval_per_case.py [--anatomies femur hip vertebra rib] [--model unet]
+        [--repeats 5] [--threads 2]
+
+Prints a table with the median seconds of each part and the ratio (metrics + clinical) / forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("XRAY3D_SHARED_DATA", REPO.parent / "shared" / "data")) / "xrayto3d-masks"
+
+# file, true isotropic spacing (mm) or None (header), training grid (size, spacing mm)
+CASES = {
+    "femur": ("s0015_femur_left_msk_gt.nii.gz", 1.0, (128, 1.0)),
+    "hip": ("COLONOG-0001_hip_msk.nii.gz", None, (128, 2.25)),
+    "vertebra": ("sub-verse004_vert-23-seg-vert_msk.nii.gz", None, (64, 1.5)),
+    "rib": ("s0046_rib_msk_gt.nii.gz", 2.5, (128, 2.5)),
+}
+
+
+def load_case(anatomy: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mask on the training grid, its affine, spacing mm) of the anatomy's real mask."""
+    import nibabel as nib
+    import torch
+    import torchio as tio
+
+    name, true_spacing, (grid, spacing) = CASES[anatomy]
+    path = SHARED / name
+    if not path.is_file():
+        sys.exit(f"missing {path}: set XRAY3D_SHARED_DATA to the folder holding xrayto3d-masks/")
+    img = nib.load(path)
+    affine = np.asarray(img.affine, dtype=float).copy()
+    if true_spacing is not None:
+        affine[:3, :3] = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0) * true_spacing
+    data = (np.asanyarray(img.dataobj) > 0).astype(np.uint8)
+    if data.shape != (grid,) * 3 or not np.allclose(np.linalg.norm(affine[:3, :3], axis=0), spacing):
+        lab = tio.LabelMap(tensor=torch.from_numpy(data)[None], affine=affine)
+        lab = tio.Resample(spacing)(lab)
+        lab = tio.CropOrPad((grid,) * 3)(lab)
+        data, affine = lab.data[0].numpy(), np.asarray(lab.affine, dtype=float)
+    return data.astype(bool), affine, float(spacing)
+
+
+def fake_prediction(gt: np.ndarray) -> np.ndarray:
+    """GT shifted by 2 voxels along the first axis and eroded once."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(np.roll(gt, 2, axis=0))
+
+
+def build_net(model: str, grid: int):
+    """The network of ``conf/model/<model>.yaml`` at ``grid``³, as train.py builds it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"data.grid_size={grid}"])
+    return instantiate(cfg.model.net).eval()
+
+
+def _seconds(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def bench_one(anatomy: str, net, repeats: int) -> dict:
+    """Median seconds of metrics, clinical (GT + prediction) and forward for one anatomy's case."""
+    import torch
+
+    from xray3d.clinical.cli import load_measure
+    from xray3d.clinical.evaluate import measure_pair
+    from xray3d.metrics.image import binary_metrics
+
+    gt, affine, spacing = load_case(anatomy)
+    pred = fake_prediction(gt)
+    grid = gt.shape[0]
+    ap, lat = torch.rand(1, 1, grid, grid), torch.rand(1, 1, grid, grid)
+    measure = load_measure(anatomy)
+    status = measure_pair(measure, gt, pred, affine)[0]["clinical_status"]
+    t = {"metrics": [], "clinical": [], "forward": []}
+    with torch.no_grad():
+        net(ap, lat)  # warm-up
+        for _ in range(repeats):  # interleaved, so machine noise hits all three alike
+            t["metrics"].append(_seconds(binary_metrics, pred, gt, spacing))
+            t["clinical"].append(_seconds(measure_pair, measure, gt, pred, affine))
+            t["forward"].append(_seconds(net, ap, lat))
+    return {"grid": grid, "status": status, **{k: statistics.median(v) for k, v in t.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--anatomies", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--model", default="unet")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"torch threads {args.threads}, model {args.model}, median of {args.repeats}")
+    cols = [
+        "anatomy",
+        "grid",
+        "metrics s",
+        "clinical s (GT+pred)",
+        "eval s",
+        "forward s",
+        "eval/forward",
+        "clinical",
+    ]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    nets: dict[int, torch.nn.Module] = {}
+    for anatomy in args.anatomies:
+        grid = CASES[anatomy][2][0]
+        if grid not in nets:
+            nets[grid] = build_net(args.model, grid)
+        r = bench_one(anatomy, nets[grid], args.repeats)
+        ev = r["metrics"] + r["clinical"]
+        cells = [anatomy, f"{grid}³", f"{r['metrics']:.3f}", f"{r['clinical']:.3f}", f"{ev:.3f}"]
+        cells += [f"{r['forward']:.3f}", f"{ev / r['forward']:.2f}", r["status"]]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
