@@ -10,7 +10,6 @@ border, so the default rules reject everything; relaxed rules produce samples wh
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,12 +19,10 @@ import pandas as pd
 import pytest
 
 from xray3d.data.roi import PRESETS
-
-from ..conftest import SHARED_DATA
 from xray3d.data.totalseg import TASK_STRUCTURES, TOTALSEG_V2_IDS, main, prepare_totalseg
+from xray3d.testing.totalseg import example_dir, write_totalseg_subject
 
-SHARED = SHARED_DATA
-EXAMPLE = SHARED / "totalsegmentator-example"
+EXAMPLE = example_dir()
 RELAXED = {"min_femur_voxels": 0, "reject_partial": False, "min_ribs": 0, "progress": False}
 
 pytestmark = pytest.mark.skipif(
@@ -35,20 +32,11 @@ pytestmark = pytest.mark.skipif(
 
 
 def _write_v2(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    shutil.copy(EXAMPLE / "example_ct.nii.gz", folder / "ct.nii.gz")
-    shutil.copy(EXAMPLE / "example_seg.nii.gz", folder / "seg.nii.gz")
+    write_totalseg_subject(folder, "v2")
 
 
 def _write_v1(folder: Path) -> None:
-    (folder / "segmentations").mkdir(parents=True)
-    shutil.copy(EXAMPLE / "example_ct.nii.gz", folder / "ct.nii.gz")
-    seg = nib.load(EXAMPLE / "example_seg.nii.gz")
-    labels = np.asarray(seg.dataobj)
-    names = sorted({n for names in TASK_STRUCTURES.values() for n in names})
-    for name in names:
-        img = nib.Nifti1Image((labels == TOTALSEG_V2_IDS[name]).astype(np.uint8), seg.affine)
-        nib.save(img, folder / "segmentations" / f"{name}.nii.gz")
+    write_totalseg_subject(folder, "v1")
 
 
 def _files(out: Path) -> dict[str, int]:

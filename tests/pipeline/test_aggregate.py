@@ -70,7 +70,7 @@ def test_aggregate_tables_plots_and_run_log(tmp_path):
     table = pd.read_csv(out / "benchmark_table.csv")
     assert len(table) == 3 and list(table.columns[:3]) == ["anatomy", "model", "n"]
     hip = table[(table.anatomy == "hip") & (table.model == "unet")].iloc[0]
-    assert 60 < float(hip["DSC ×100"].split()[0]) < 80  # the newer hip run (0.7), not the superseded one (0.1)
+    assert 60 < float(hip["DSC ×100"].split()[0]) < 80  # the newer run (0.7), not the superseded (0.1)
     overall = (out / "overall_table.md").read_text()
     assert "unet" in overall and "swinunetr" in overall
     assert {"boxplot_femur.png", "boxplot_hip.png", "robustness_hip.png", "clinical_table.md"} <= {

@@ -39,6 +39,11 @@ def test_short_run_writes_checkpoint_report_and_baseline_then_eval(compose_train
     summary = json.loads((out / "metrics" / "summary.json").read_text())
     assert summary["n_cases"] == 1 and summary["baseline"]["n_train_masks"] == 2
     assert summary["ckpt_path"] == best and len(summary["config_digest"]) == 12
+    # clinical parameters of the vertebra: measured on GT and prediction, or a failure with its reason
+    assert per_case["clinical_status"].iloc[0] in ("ok", "pred_failed")
+    assert per_case["gt_anterior_body_height_mm"].iloc[0] > 5
+    assert summary["clinical"]["n_cases"] == 1 and summary["labels"]["model"] == "unet"
+    assert (out / "metrics" / "clinical.jsonl").is_file() and (out / "metrics" / "table.md").is_file()
     assert list(out.glob("wandb/offline-run-*")), "W&B offline run directory missing"
     assert list((out / "images").glob("test_*.png"))
 

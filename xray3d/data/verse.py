@@ -1,11 +1,16 @@
 """VerSe 2019 vertebra dataset (spec §2.1, §2.2, §2.6, §7).
 
-Raw input under ``raw_dir``, in either layout VerSe 2019 ships (found by a recursive glob on the file names,
-so both work and may be mixed):
+Raw input under ``raw_dir``, in any layout VerSe 2019 was published in (found by a recursive glob on the
+file names, so all work and may be mixed in one tree):
 
-* BIDS-like: ``rawdata/<sub>/<sub>_ct.nii.gz`` + ``derivatives/<sub>/<sub>_seg-vert_msk.nii.gz`` +
-  ``derivatives/<sub>/<sub>_seg-subreg_ctd.json`` (subjects such as ``sub-verse410_split-verse227`` too);
-* flat: ``<sub>_ct.nii.gz``, ``<sub>_seg-vert_msk.nii.gz`` and ``<sub>_seg-subreg_ctd.json`` side by side.
+* BIDS-like ("subject based" release): ``rawdata/<sub>/<sub>_ct.nii.gz`` +
+  ``derivatives/<sub>/<sub>_seg-vert_msk.nii.gz`` + ``derivatives/<sub>/<sub>_seg-subreg_ctd.json``
+  (subjects such as ``sub-verse410_split-verse227`` too);
+* flat: ``<sub>_ct.nii.gz``, ``<sub>_seg-vert_msk.nii.gz`` and ``<sub>_seg-subreg_ctd.json`` side by side;
+* pre-BIDS (the original MICCAI 2019 challenge release, verse2020.grand-challenge.org/VerSe_at_MICCAI19):
+  ``verse004.nii.gz`` (CT), ``verse004_seg.nii.gz`` (mask) and ``verse004_ctd.json`` (centroids) side by
+  side; the subject id becomes ``sub-verse004``. A subject present in both BIDS and pre-BIDS form uses one
+  layout only (the complete one; BIDS when both are), never a mix of the two.
 
 One sample per vertebra with a centroid in the ctd file (the reference's ``extract_around_centroid_v2``):
 a 96 mm ROI resampled to 64³ @ 1.5 mm (:data:`xray3d.data.roi.PRESETS` ``"vertebra"``), PIR, CT in HU,
@@ -13,11 +18,15 @@ centred on the centroid; the target is that vertebra's label only, as a binary m
 component; the reference keeps the label value, e.g. 16, we store {0, 1} like every other anatomy).
 Sample ids are ``<sub>_vert-<label>``.
 
-Centroids: the first ctd entry gives the axis directions (e.g. ``["P", "I", "R"]``); the others give
-``{label, X, Y, Z}`` as voxel coordinates of the image *reoriented* (nibabel orientations, axis
+Centroids: in BIDS files the first ctd entry gives the axis directions (e.g. ``["P", "I", "R"]``); the
+others give ``{label, X, Y, Z}`` as voxel coordinates of the image *reoriented* (nibabel orientations, axis
 permutations and flips only) to those directions. We map them to world (RAS, mm) through the mask's affine
 composed with that reorientation, so any (oblique) orientation of the mask works; for a PIR image and a
-``P, I, R`` ctd the coordinates are simply the voxel indices.
+``P, I, R`` ctd the coordinates are simply the voxel indices. Pre-BIDS ctd files have no direction entry:
+the challenge page defines X: S->I, Y: A->P, Z: R->L in millimetres from the superior-right-anterior corner,
+i.e. the directions (I, P, L) (:data:`PREBIDS_DIRECTION`); we divide by that frame's voxel sizes (so
+voxel index = mm / spacing, the first voxel centre at 0 mm; the page does not say whether 0 mm is the first
+voxel's centre or its outer edge, a half-voxel ambiguity) and proceed as above.
 
 Masks with float labels are rounded (non-integral ones are refused). Outputs, resume logic (settings digest)
 and failure handling follow :mod:`xray3d.data.totalseg`: ``vertebra/<sample_id>_ct.nii.gz`` / ``_msk.nii.gz``,
@@ -62,7 +71,11 @@ __all__ = [
     "prepare_verse",
     "load_fracture_table",
     "centroids_world",
+    "read_ctd",
+    "read_ctd_units",
     "find_subjects",
+    "subject_layout",
+    "PREBIDS_DIRECTION",
     "level_name",
     "level_group",
     "verse_number",
@@ -77,6 +90,14 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
     "mask": ("_seg-vert_msk.nii.gz", "_seg-vert_msk.nii"),
     "ctd": ("_seg-subreg_ctd.json",),
 }
+# Original MICCAI 2019 challenge names (pre-BIDS); group 1 is the VerSe id (subject ``sub-<id>``).
+PREBIDS_PATTERNS: dict[str, re.Pattern[str]] = {
+    "ct": re.compile(r"^(verse\d+)\.nii(?:\.gz)?$"),
+    "mask": re.compile(r"^(verse\d+)_seg\.nii(?:\.gz)?$"),
+    "ctd": re.compile(r"^(verse\d+)_ctd\.json$"),
+}
+PREBIDS_DIRECTION = ("I", "P", "L")  # X: S->I, Y: A->P, Z: R->L (nibabel codes name where an axis goes)
+FRACTURE_SHEET = "VerSe_dataset"
 MANIFEST_COLUMNS = [
     "sample_id",
     "subject",
@@ -148,13 +169,13 @@ def _code(value: Any, codes: dict[str, str], where: str) -> str:
 
 
 def load_fracture_table(path: str | Path) -> dict[int, dict[str, tuple[str, str]]]:
-    """Read the VerSe appendix (Löffler et al. 2020, sheet ``VerSe_dataset``) as exported CSV.
+    """Read the VerSe appendix (Löffler et al. 2020): the ``.xlsx`` (sheet ``VerSe_dataset``) or a CSV export.
 
     Columns used: ``verse_ID`` and ``{T1..L6}_fx-g`` (Genant grade) / ``{T1..L6}_fx-s`` (shape); codes
-    0-3 and ``x`` (foreign material), NaN = 0. ``.xlsx`` is read only when pandas can (needs openpyxl).
+    0-3 and ``x`` (foreign material), NaN = 0. ``.xlsx`` is read with openpyxl (a dependency).
 
     Args:
-        path: CSV (or xlsx) file.
+        path: ``.xlsx`` workbook with a sheet ``VerSe_dataset``, or that sheet exported as CSV.
 
     Returns:
         verse number -> level name -> ``(grade, shape)``, with names from :data:`GRADES` / :data:`SHAPES`.
@@ -165,13 +186,22 @@ def load_fracture_table(path: str | Path) -> dict[int, dict[str, tuple[str, str]
     try:
         if path.suffix.lower() in (".xlsx", ".xls"):
             engine = "openpyxl" if path.suffix.lower() == ".xlsx" else None
-            df = pd.read_excel(path, sheet_name="VerSe_dataset", engine=engine)
+            with pd.ExcelFile(path, engine=engine) as book:
+                sheets = [str(name) for name in book.sheet_names]
+                if FRACTURE_SHEET not in sheets:
+                    raise DataError(
+                        f"fracture table {path.name} has no sheet '{FRACTURE_SHEET}' (sheets: {sheets}); "
+                        "pass the VerSe appendix workbook or that sheet exported as CSV"
+                    )
+                df = book.parse(FRACTURE_SHEET)
         else:
             df = pd.read_csv(path)
+    except DataError:
+        raise
     except ImportError as exc:
         raise DataError(
-            f"cannot read {path.name} ({exc}): export the sheet 'VerSe_dataset' as CSV and pass that file, "
-            "or install openpyxl"
+            f"cannot read {path.name} ({exc}): export the sheet '{FRACTURE_SHEET}' as CSV and pass that "
+            "file, or install openpyxl"
         ) from exc
     except Exception as exc:
         raise DataError(f"fracture table {path} cannot be read ({type(exc).__name__}: {exc})") from exc
@@ -214,37 +244,72 @@ def _fracture(
 # centroids
 
 
-def read_ctd(path: Path) -> tuple[tuple[str, str, str], list[tuple[int, np.ndarray]]]:
-    """Axis directions and ``(label, [X, Y, Z])`` voxel centroids of a VerSe ``*_ctd.json`` file."""
+def read_ctd_units(path: Path) -> tuple[tuple[str, str, str], list[tuple[int, np.ndarray]], str]:
+    """Axis directions, ``(label, [X, Y, Z])`` centroids and their units of a VerSe ``*_ctd.json`` file.
+
+    A file with a direction entry (BIDS release) gives voxel coordinates (units ``"voxel"``); a pre-BIDS
+    ``verseNNN_ctd.json`` without one gives millimetres on :data:`PREBIDS_DIRECTION` (units ``"mm"``).
+    """
     try:
         entries = json.loads(path.read_text())
-        direction = next(tuple(e["direction"]) for e in entries if "direction" in e)
+        if not isinstance(entries, list):
+            raise TypeError(f"expected a list of entries, got {type(entries).__name__}")
+        directions = [tuple(e["direction"]) for e in entries if "direction" in e]
         cents = [
             (int(e["label"]), np.array([e["X"], e["Y"], e["Z"]], dtype=float))
             for e in entries
             if "label" in e
         ]
-    except StopIteration as exc:
-        raise DataError(f"centroid file {path.name} has no direction entry") from exc
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise DataError(f"centroid file {path.name} is corrupt ({type(exc).__name__}: {exc})") from exc
+    if directions:
+        direction, units = directions[0], "voxel"
+    elif PREBIDS_PATTERNS["ctd"].match(path.name):
+        direction, units = PREBIDS_DIRECTION, "mm"
+    else:
+        raise DataError(f"centroid file {path.name} has no direction entry")
     if len(direction) != 3:
         raise DataError(f"centroid file {path.name}: direction {direction} is not three axis codes")
-    return direction, cents  # type: ignore[return-value]
+    return direction, cents, units  # type: ignore[return-value]
+
+
+def read_ctd(path: Path) -> tuple[tuple[str, str, str], list[tuple[int, np.ndarray]]]:
+    """Axis directions and ``(label, [X, Y, Z])`` centroids of a ctd file, in the file's own units (voxels
+    for BIDS files, mm for pre-BIDS ones; see :func:`read_ctd_units`)."""
+    direction, cents, _ = read_ctd_units(path)
+    return direction, cents
 
 
 def centroids_world(
-    direction: tuple[str, str, str], cents: list[tuple[int, np.ndarray]], affine: np.ndarray, shape: tuple
+    direction: tuple[str, str, str],
+    cents: list[tuple[int, np.ndarray]],
+    affine: np.ndarray,
+    shape: tuple,
+    units: str = "voxel",
 ) -> dict[int, np.ndarray]:
-    """World (RAS, mm) positions of ctd centroids given in the voxel frame of the image reoriented to
-    ``direction`` (VerSe convention); ``affine``/``shape`` are those of the mask as stored."""
+    """World (RAS, mm) positions of ctd centroids.
+
+    Args:
+        direction: axis codes of the frame the centroids are given in (VerSe convention).
+        cents: ``(label, [X, Y, Z])`` in that frame.
+        affine: affine of the mask as stored.
+        shape: shape of the mask as stored.
+        units: ``"voxel"`` (indices of the image reoriented to ``direction``) or ``"mm"`` (those indices
+            times that frame's voxel sizes, the pre-BIDS convention).
+
+    Returns:
+        label -> world position.
+    """
+    if units not in ("voxel", "mm"):
+        raise ValueError(f"units must be 'voxel' or 'mm', got {units!r}")
     try:
         target = ornt.axcodes2ornt(direction)
     except ValueError as exc:
         raise DataError(f"centroid direction {direction} is not a valid axis code triple") from exc
     trans = ornt.ornt_transform(nib.io_orientation(affine), target)
     aff = affine @ ornt.inv_ornt_aff(trans, shape[:3])
-    return {lab: aff[:3, :3] @ xyz + aff[:3, 3] for lab, xyz in cents}
+    scale = nib.affines.voxel_sizes(aff) if units == "mm" else np.ones(3)
+    return {lab: aff[:3, :3] @ (xyz / scale) + aff[:3, 3] for lab, xyz in cents}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -286,10 +351,11 @@ def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     missing = [k for k in ("ct", "mask", "ctd") if files[k] is None]
     if missing:
         what = {"ct": "CT", "mask": "vertebra mask", "ctd": "centroid file"}
-        names = ", ".join(f"{what[k]} ({subject}{SUFFIXES[k][0]})" for k in missing)
-        raise DataError(f"missing {names}")
+        names = ", ".join(f"{what[k]} ({expected_name(subject, k, job['layout'])})" for k in missing)
+        found = ", ".join(f"{files[k].name}" for k in ("ct", "mask", "ctd") if files[k] is not None)
+        raise DataError(f"missing {names} (found only {found} for {subject})")
     preset = PRESETS["vertebra"]
-    direction, cents = read_ctd(files["ctd"])
+    direction, cents, units = read_ctd_units(files["ctd"])
     if not cents:
         raise DataError(f"centroid file {files['ctd'].name} lists no vertebra")
     mask_img = load_nifti(files["mask"], "vertebra mask")
@@ -301,7 +367,7 @@ def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         raise DataError(f"CT {files['ct'].name} contains NaN/inf voxels")
     labels = integral_labels(mask_img, files["mask"])
     present = set(np.unique(labels).tolist())
-    centres = centroids_world(direction, cents, mask_img.affine, mask_img.shape)
+    centres = centroids_world(direction, cents, mask_img.affine, mask_img.shape, units)
 
     rows, skipped = [], []
     for label, centre in sorted(centres.items()):
@@ -351,26 +417,63 @@ def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
 # driver
 
 
+def _match(name: str) -> tuple[str, str, str] | None:
+    """``(subject, kind, layout)`` of a VerSe file name, or None."""
+    for kind, suffixes in SUFFIXES.items():
+        suffix = next((s for s in suffixes if name.endswith(s)), None)
+        if suffix is not None and len(name) > len(suffix):
+            return name[: -len(suffix)], kind, "bids"
+    for kind, pattern in PREBIDS_PATTERNS.items():
+        m = pattern.match(name)
+        if m:
+            return f"sub-{m.group(1)}", kind, "prebids"
+    return None
+
+
+def subject_layout(files: dict[str, Path | None]) -> str:
+    """``"prebids"`` when a subject's files use the original challenge names, else ``"bids"``."""
+    layouts = {hit[2] for p in files.values() if p is not None and (hit := _match(p.name)) is not None}
+    return "prebids" if "prebids" in layouts else "bids"
+
+
+def expected_name(subject: str, kind: str, layout: str) -> str:
+    """File name a subject's ``kind`` file has in ``layout`` (for messages)."""
+    if layout == "prebids":
+        stem = subject.removeprefix("sub-")
+        return {"ct": f"{stem}.nii.gz", "mask": f"{stem}_seg.nii.gz", "ctd": f"{stem}_ctd.json"}[kind]
+    return f"{subject}{SUFFIXES[kind][0]}"
+
+
 def find_subjects(raw_dir: Path) -> dict[str, dict[str, Path | None]]:
     """Subject id -> ``{"ct", "mask", "ctd"}`` file (None when missing), from a recursive glob.
 
-    A subject is any id with at least one of the three files; the first match in sorted path order wins.
+    BIDS (``<sub>_ct.nii.gz``, ...) and pre-BIDS (``verseNNN.nii.gz``, ``verseNNN_seg.nii.gz``,
+    ``verseNNN_ctd.json``, subject ``sub-verseNNN``) names are recognised. A subject is any id with at least
+    one of the three files; within a layout the first match in sorted path order wins. A subject found in
+    both layouts takes all its files from one: the one with more of the three files, BIDS on a tie.
     """
     if not raw_dir.is_dir():
         raise DataError(f"raw VerSe folder not found: {raw_dir}")
-    found: dict[str, dict[str, Path | None]] = {}
+    found: dict[str, dict[str, dict[str, Path | None]]] = {}
     for path in sorted(raw_dir.rglob("*")):
         rel = path.relative_to(raw_dir)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
-        for kind, suffixes in SUFFIXES.items():
-            suffix = next((s for s in suffixes if path.name.endswith(s)), None)
-            if suffix is None:
-                continue
-            entry = found.setdefault(path.name[: -len(suffix)], dict.fromkeys(SUFFIXES))
-            if entry[kind] is None:
-                entry[kind] = path
-    return dict(sorted(found.items()))
+        hit = _match(path.name)
+        if hit is None:
+            continue
+        subject, kind, layout = hit
+        entry = found.setdefault(subject, {}).setdefault(layout, dict.fromkeys(SUFFIXES))
+        if entry[kind] is None:
+            entry[kind] = path
+    subjects: dict[str, dict[str, Path | None]] = {}
+    for subject, layouts in found.items():
+        count = {lay: sum(v is not None for v in files.values()) for lay, files in layouts.items()}
+        best = max(sorted(layouts), key=lambda lay: (count[lay], lay == "bids"))
+        if len(layouts) > 1:
+            log.info("%s found in BIDS and pre-BIDS form; using the %s files", subject, best)
+        subjects[subject] = layouts[best]
+    return dict(sorted(subjects.items()))
 
 
 def _file_digest(path: Path | None) -> str | None:
@@ -391,15 +494,15 @@ def prepare_verse(
     """Prepare VerSe 2019 vertebra ROIs (idempotent, resumable, atomic, parallel over subjects).
 
     Args:
-        raw_dir: VerSe folder (BIDS-like or flat layout, see the module docstring).
+        raw_dir: VerSe folder (BIDS-like, flat or pre-BIDS layout, see the module docstring).
         out_dir: output cache directory.
         workers: worker processes (1 = in this process).
         force: redo every sample.
         split_seed: random state of the subject-level split (spec §2.5).
         split_lists: reference split lists to import instead (see :func:`load_split_lists`); subjects not
             listed get split ``"unlisted"``.
-        fracture_table: VerSe appendix exported as CSV (:func:`load_fracture_table`); None leaves the
-            fracture columns empty.
+        fracture_table: VerSe appendix, ``.xlsx`` or its sheet exported as CSV
+            (:func:`load_fracture_table`); None leaves the fracture columns empty.
         progress: show a progress bar.
 
     Returns:
@@ -425,7 +528,8 @@ def prepare_verse(
     subjects = find_subjects(raw_dir)
     if not subjects:
         raise DataError(
-            f"no VerSe file (*_ct.nii.gz, *_seg-vert_msk.nii.gz, *_seg-subreg_ctd.json) in {raw_dir}"
+            f"no VerSe file (*_ct.nii.gz, *_seg-vert_msk.nii.gz, *_seg-subreg_ctd.json, or pre-BIDS "
+            f"verseNNN.nii.gz, verseNNN_seg.nii.gz, verseNNN_ctd.json) in {raw_dir}"
         )
 
     previous = load_previous(out_dir, settings_digest, subjects, split_settings, force)
@@ -436,6 +540,7 @@ def prepare_verse(
         {
             "subject": subj,
             "files": {k: (str(v) if v else None) for k, v in files.items()},
+            "layout": subject_layout(files),
             "source": str(files["ct"].relative_to(raw_dir)) if files["ct"] else "",
             "out_dir": str(out_dir),
             "done": {r["sample_id"]: r for r in previous.rows.get(subj, [])},
@@ -467,11 +572,15 @@ def prepare_verse(
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m xray3d.data.verse --raw RAW --out OUT [--workers N] [--fracture-table CSV]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--raw", required=True, help="VerSe 2019 folder (rawdata/ + derivatives/, or flat)")
+    parser.add_argument(
+        "--raw", required=True, help="VerSe 2019 folder (rawdata/ + derivatives/, flat, or pre-BIDS names)"
+    )
     parser.add_argument("--out", required=True, help="output cache directory, e.g. data/verse2019")
     add_prepare_arguments(parser)
     parser.add_argument(
-        "--fracture-table", default=None, help="VerSe appendix sheet 'VerSe_dataset' exported as CSV"
+        "--fracture-table",
+        default=None,
+        help="VerSe appendix .xlsx (sheet 'VerSe_dataset') or that sheet as CSV",
     )
     args = parser.parse_args(argv)
     return run_prepare(
