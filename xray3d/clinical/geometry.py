@@ -1,0 +1,177 @@
+"""Small geometric helpers shared by the clinical measurements (fits, surfaces, mask cleaning).
+
+Everything works on point sets in world millimetres (see :func:`xray3d.clinical.base.voxel_points_mm`)
+and is vectorised with numpy/scipy; no mesh library is needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from xray3d.clinical.base import ClinicalError
+
+__all__ = [
+    "axis_angles_deg",
+    "clean_components",
+    "crop_to_foreground",
+    "fit_line",
+    "fit_sphere",
+    "point_line_distance",
+    "surface_points_mm",
+    "unit",
+    "voxel_spacing",
+]
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """``v`` scaled to unit length (raises :class:`ClinicalError` for a null vector)."""
+    v = np.asarray(v, dtype=float)
+    n = float(np.linalg.norm(v))
+    if not np.isfinite(n) or n < 1e-12:
+        raise ClinicalError("degenerate geometry: a direction vector has zero length")
+    return v / n
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size (mm) along each array axis: the norms of the affine's first three columns."""
+    return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+
+
+def crop_to_foreground(mask: np.ndarray, affine: np.ndarray, pad: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Crop a boolean mask to its bounding box plus ``pad`` background voxels; return (crop, crop affine).
+
+    The padding is filled with background, so the crop is always surrounded by background.
+    """
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    crop = np.zeros(tuple(hi - lo + 2 * pad), dtype=bool)
+    crop[tuple(slice(pad, pad + h - lo_) for lo_, h in zip(lo, hi, strict=True))] = mask[
+        tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    ]
+    shift = np.eye(4)
+    shift[:3, 3] = lo - pad
+    return crop, np.asarray(affine, dtype=float) @ shift
+
+
+def clean_components(
+    mask: np.ndarray, keep_fraction: float, max_fragment_fraction: float | None, what: str
+) -> tuple[np.ndarray, int]:
+    """Drop small 26-connected fragments and fill enclosed cavities.
+
+    Args:
+        mask: boolean mask.
+        keep_fraction: components smaller than this fraction of the largest are removed.
+        max_fragment_fraction: if given, a second component at least this fraction of the largest is a
+            :class:`ClinicalError` (the bone is broken into pieces and cannot be measured as one).
+        what: name used in messages.
+
+    Returns:
+        The cleaned mask (cavities filled) and the number of removed fragments.
+    """
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    removed = 0
+    if n > 1:
+        sizes = np.bincount(lab.ravel())[1:]
+        order = np.argsort(sizes)[::-1]
+        largest = sizes[order[0]]
+        if max_fragment_fraction is not None and sizes[order[1]] >= max_fragment_fraction * largest:
+            raise ClinicalError(
+                f"{what} is split into {n} pieces (the second largest is {sizes[order[1]] / largest:.0%} of "
+                "the largest): a fragmented prediction cannot be measured; check the segmentation "
+                "threshold or post-process it"
+            )
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[1:] = sizes >= keep_fraction * largest
+        removed = int(n - keep.sum())
+        mask = keep[lab]
+    return ndimage.binary_fill_holes(mask), removed
+
+
+def surface_points_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World coordinates (mm) of the centres of the voxel faces between foreground and background.
+
+    Unlike boundary-voxel centres (which sit about half a voxel inside the surface), face centres are an
+    almost unbiased sample of a voxelised surface. The array border counts as background. Shape (M, 3).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    padded = np.pad(mask, 1)
+    faces = []
+    for axis in range(3):
+        for step in (-1, 1):
+            neighbour = np.roll(padded, -step, axis=axis)[1:-1, 1:-1, 1:-1]
+            idx = np.argwhere(mask & ~neighbour).astype(float)
+            idx[:, axis] += 0.5 * step
+            faces.append(idx)
+    idx = np.concatenate(faces)
+    affine = np.asarray(affine, dtype=float)
+    return idx @ affine[:3, :3].T + affine[:3, 3]
+
+
+def fit_line(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted total-least-squares line: (centroid, unit direction of largest spread)."""
+    points = np.asarray(points, dtype=float)
+    w = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=float)
+    centre = (points * w[:, None]).sum(0) / w.sum()
+    d = points - centre
+    cov = (d * w[:, None]).T @ d / w.sum()
+    _, vecs = np.linalg.eigh(cov)
+    return centre, vecs[:, -1]
+
+
+def point_line_distance(points: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each point to the infinite line ``origin + t * direction``."""
+    d = np.atleast_2d(points) - origin
+    u = unit(direction)
+    return np.linalg.norm(d - np.outer(d @ u, u), axis=1)
+
+
+def fit_sphere(
+    points: np.ndarray,
+    centre: np.ndarray | None = None,
+    radius: float | None = None,
+    n_iter: int = 15,
+    min_scale: float = 0.3,
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Robust geometric sphere fit (Gauss-Newton with Tukey biweights).
+
+    Args:
+        points: (N, 3) surface points, N >= 4.
+        centre, radius: starting values; by default the algebraic (linear least-squares) fit.
+        n_iter: Gauss-Newton iterations.
+        min_scale: lower bound (mm) of the robust residual scale (about the voxel noise).
+
+    Returns:
+        (centre, radius, signed residuals |p - c| - r).
+    """
+    p = np.asarray(points, dtype=float)
+    if len(p) < 4:
+        raise ClinicalError("too few surface points to fit a sphere")
+    if centre is None or radius is None:
+        a = np.c_[2 * p, np.ones(len(p))]
+        sol, *_ = np.linalg.lstsq(a, (p**2).sum(1), rcond=None)
+        centre = sol[:3]
+        radius = float(np.sqrt(max(sol[3] + centre @ centre, 1e-12)))
+    c, r = np.asarray(centre, dtype=float).copy(), float(radius)
+    for _ in range(n_iter):
+        d = p - c
+        dist = np.linalg.norm(d, axis=1)
+        dist = np.maximum(dist, 1e-9)
+        res = dist - r
+        scale = max(1.4826 * float(np.median(np.abs(res - np.median(res)))), min_scale)
+        z = res / (4.685 * scale)
+        w = np.where(np.abs(z) < 1, (1 - z**2) ** 2, 0.0)
+        jac = np.c_[-d / dist[:, None], -np.ones(len(p))]
+        jw = jac * w[:, None]
+        step = np.linalg.lstsq(jw.T @ jac + 1e-9 * np.eye(4), -jw.T @ res, rcond=None)[0]
+        c, r = c + step[:3], r + step[3]
+        if np.linalg.norm(step) < 1e-4:
+            break
+    res = np.linalg.norm(p - c, axis=1) - r
+    return c, float(r), res
+
+
+def axis_angles_deg(direction: np.ndarray) -> tuple[float, float, float]:
+    """Acute angles (degrees, 0-90) between an undirected axis and the world x, y and z axes."""
+    u = unit(direction)
+    return tuple(float(np.degrees(np.arccos(np.clip(abs(c), 0.0, 1.0)))) for c in u)  # type: ignore[return-value]

@@ -1,0 +1,349 @@
+"""Vertebra clinical parameters (Di Angelo & Di Stefano 2015) measured on a binary mask.
+
+Parameters (benchmark spec section 6.3), all in the mid-sagittal section of the vertebra:
+
+* ``spinous_process_length_mm`` (spl): extent of the posterior elements (lamina + spinous process) along
+  their principal axis;
+* ``spinous_process_angle_deg`` (spa): caudal inclination of that axis (pointing to the tip) relative to the
+  superior endplate line, i.e. ``180 - angle(SP axis, endplate line pointing anteriorly)``; 0 = parallel to
+  the endplate, positive = tip below the endplate direction;
+* ``anterior_body_height_mm`` / ``posterior_body_height_mm`` (avbh / pvbh): lengths of the anterior and
+  posterior wall lines of the body;
+* ``superior_endplate_length_mm`` / ``inferior_endplate_length_mm`` (svbl / ivbl): lengths of the endplate
+  lines (body depth);
+* ``canal_length_mm`` (vcl): sagittal depth of the vertebral canal, the minimum body to posterior-arch
+  distance.
+
+Points (world mm): ``body_centre``, ``spinous_tip``, ``canal_anterior`` / ``canal_posterior`` (the closest
+body / arch pair that gives vcl), ``superior_endplate_centre`` / ``inferior_endplate_centre``.
+
+Algorithm (world millimetres from the affine; no voxel axis is assumed):
+
+1. Keep the largest 26-connected component (a :class:`ClinicalError` when it holds less than
+   ``min_component_fraction`` of the mask: a fragmented prediction), fill enclosed cavities, crop, and
+   smooth the mask lightly (Gaussian, ``sigma_mm``) to be interpolated trilinearly.
+2. Mid-sagittal symmetry plane: the plane whose mirror image of the surface points lands back on the
+   surface (mean distance to the surface, from a Euclidean distance transform with the true voxel spacing).
+   Coarse search of the normal within ``max_tilt_deg`` of the world left-right axis, then Nelder-Mead over
+   the two tilt angles and the offset.
+3. The section is rasterised on a ``pixel_mm`` grid in that plane (mean of a ``slab_mm`` thick slab),
+   with in-plane axes from the world anterior (+y) and superior (+z) directions projected on the plane.
+   Its 0.5 iso-contours (marching squares) give sub-pixel boundary points, and its smoothed gradient the
+   outward normals.
+4. Body vs posterior elements: the canal separates them into connected parts of the section. The most
+   anterior part with at least ``min_body_fraction`` of the largest part's area is the vertebral body (not
+   simply the largest: a compressed body can be smaller than a long thoracic process); parts whose centroid
+   lies posterior to it are the posterior elements. No posterior part is a :class:`ClinicalError` (missing
+   arch or closed canal).
+5. vcl = minimum distance between the body and posterior boundary points; below ``min_canal_mm`` (2 mm in
+   the reference) the case is a :class:`ClinicalError`, as the reference discards it.
+6. Body frame: the dominant orientation of the body boundary normals (the angle-quadrupling mean of a
+   rectangle-like outline), the axis closest to anterior being the body's antero-posterior axis.
+   Boundary points whose normal is within ``wall_angle_deg`` of +-superior are the superior / inferior
+   endplates, within it of +-anterior the anterior / posterior walls. A total-least-squares line is fitted
+   to each set; the four lines meet at the body's corners, and svbl, ivbl, avbh, pvbh are the corner to
+   corner lengths along the superior / inferior endplate and anterior / posterior wall lines.
+7. Posterior axis: first principal axis of the posterior section pixels, oriented away from the body; spl is
+   the extent of the posterior boundary points on it, the tip the farthest one; spa is measured against the
+   superior endplate line.
+
+Differences from the reference (``vertebra_landmarks.py``): it meshes a 1 mm resampled volume (vedo
+isosurface, hole filling, smoothing) and finds the symmetry plane by ICP of the mirrored mesh; here the
+mask is used directly with its true (possibly anisotropic) spacing and the plane maximises the
+mirror/surface overlap, which cannot lock onto a wrong local ICP match. The reference separates body and
+spinous process with KMeans(k=2) on the section's boundary points; here the rasterised section's
+connected parts are used, which needs no clustering and cannot cut the body in two when it dominates the
+point count. Walls vs endplates use the body's own orientation instead of the dot product with the
+body-to-process direction, so a tilted (lordotic) vertebra is split correctly. spa is signed and oriented
+(the reference's PCA axes have arbitrary signs). Reference lengths are boundary-vertex extents on a
+smoothed mesh, trimmed to the extreme projections; that trimming loses the rounded corners (about 1 mm
+per length at 1 mm voxels), so here the lines are intersected instead (the usual corner points of
+vertebral morphometry), which is unbiased on a sharp-cornered body and reads about 1 mm longer than the
+reference on real bodies with rounded rims.
+
+Plausible adult ranges used by the tests (T9-L5; Panjabi et al. 1991, Spine 16:888-901, thoracic; Panjabi
+et al. 1992, Spine 17:299-306, lumbar; Zhou et al. 2000, Eur Spine J 9:242-248, lower lumbar): body
+heights about 18-32 mm, endplate depths about 25-45 mm, sagittal canal depth about 12-22 mm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, optimize
+from scipy.spatial import cKDTree
+from skimage.measure import find_contours
+
+from xray3d.clinical.base import ClinicalError, validate_mask
+from xray3d.clinical.geometry import crop_to_foreground, fit_line, surface_points_mm, unit, voxel_spacing
+from xray3d.data.roi import largest_component
+
+__all__ = ["measure"]
+
+_WORLD_RIGHT = np.array([1.0, 0.0, 0.0])
+_WORLD_ANTERIOR = np.array([0.0, 1.0, 0.0])
+_WORLD_SUPERIOR = np.array([0.0, 0.0, 1.0])
+
+
+def _plane_normal(alpha: float, beta: float) -> np.ndarray:
+    """Normal tilted from world right by ``alpha`` (towards anterior) and ``beta`` (towards superior), rad."""
+    return unit(_WORLD_RIGHT + np.tan(alpha) * _WORLD_ANTERIOR + np.tan(beta) * _WORLD_SUPERIOR)
+
+
+def _symmetry_plane(
+    points: np.ndarray, dist: np.ndarray, inv_affine: np.ndarray, centre: np.ndarray, max_tilt_deg: float
+) -> tuple[np.ndarray, float, float]:
+    """Plane ``n . p = d`` that best mirrors ``points`` onto the surface; returns (n, d, mean residual mm)."""
+    big = float(dist.max())
+
+    def cost(params: np.ndarray) -> float:
+        n = _plane_normal(params[0], params[1])
+        d = float(n @ centre) + params[2]
+        mirrored = points - 2.0 * (points @ n - d)[:, None] * n
+        vox = mirrored @ inv_affine[:3, :3].T + inv_affine[:3, 3]
+        return float(ndimage.map_coordinates(dist, vox.T, order=1, mode="constant", cval=big).mean())
+
+    lim = np.deg2rad(max_tilt_deg)
+    grid = np.linspace(-lim, lim, 2 * int(np.ceil(max_tilt_deg / 6.0)) + 1)
+    best = min(((cost(np.array([a, b, 0.0])), a, b) for a in grid for b in grid), key=lambda t: t[0])
+    x0 = np.array([best[1], best[2], 0.0])
+    step = np.deg2rad(3.0)
+    simplex = np.array([x0, x0 + [step, 0, 0], x0 + [0, step, 0], x0 + [0, 0, 1.0]])
+    res = optimize.minimize(
+        cost,
+        x0,
+        method="Nelder-Mead",
+        options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-4, "maxiter": 400},
+    )
+    n = _plane_normal(res.x[0], res.x[1])
+    return n, float(n @ centre) + float(res.x[2]), float(res.fun)
+
+
+def _outer_contours(section: np.ndarray, labels: np.ndarray, wanted: list[int]) -> dict[int, np.ndarray]:
+    """Sub-pixel outer boundary (the longest 0.5 iso-contour) of each wanted section part, in pixel units."""
+    grown = ndimage.grey_dilation(labels, size=(3, 3))
+    out: dict[int, np.ndarray] = {}
+    for contour in find_contours(np.pad(section, 1), 0.5):
+        contour = contour - 1.0
+        rc = np.clip(np.rint(contour).astype(int), 0, np.array(labels.shape) - 1)
+        lab = grown[rc[:, 0], rc[:, 1]]
+        lab = lab[lab > 0]
+        if lab.size == 0:
+            continue
+        owner = int(np.bincount(lab).argmax())
+        if owner in wanted and len(contour) > len(out.get(owner, ())):
+            out[owner] = contour
+    return out
+
+
+def _intersect(
+    p: np.ndarray, d: np.ndarray, q: np.ndarray, e: np.ndarray, min_angle_deg: float = 30.0
+) -> np.ndarray:
+    """Intersection of the 2D lines ``p + s d`` and ``q + t e`` (a body corner)."""
+    det = d[0] * (-e[1]) - d[1] * (-e[0])
+    if abs(det) < np.sin(np.deg2rad(min_angle_deg)):
+        raise ClinicalError("vertebral body outline is degenerate: a wall is nearly parallel to an endplate")
+    s = ((q - p)[0] * (-e[1]) - (q - p)[1] * (-e[0])) / det
+    return p + s * d
+
+
+def measure(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    *,
+    sigma_mm: float = 0.5,
+    pixel_mm: float = 0.5,
+    slab_mm: float = 2.0,
+    min_canal_mm: float = 2.0,
+    min_component_fraction: float = 0.5,
+    wall_angle_deg: float = 45.0,
+    max_tilt_deg: float = 30.0,
+    min_part_area_mm2: float = 5.0,
+    min_body_fraction: float = 0.25,
+) -> dict[str, Any]:
+    """Measure the spec 6.3 vertebra parameters on one vertebra mask (see the module docstring).
+
+    Args:
+        mask: 3D binary mask of a single vertebra (any voxel order; the affine gives the geometry).
+        affine: 4x4 voxel-to-world matrix (mm, RAS+: the prior for left-right/anterior/superior).
+        sigma_mm: Gaussian smoothing of the mask before interpolation.
+        pixel_mm: pixel size of the rasterised mid-sagittal section.
+        slab_mm: thickness of the slab averaged into the section.
+        min_canal_mm: a shorter canal depth is a failure (reference: 2 mm).
+        min_component_fraction: the largest connected part must hold this fraction of the mask.
+        wall_angle_deg: boundary normals within this angle of +-superior are endplates, of +-anterior walls.
+        max_tilt_deg: search range of the symmetry-plane normal around world left-right.
+        min_part_area_mm2: section parts smaller than this are ignored.
+        min_body_fraction: the body is the most anterior section part with at least this fraction of the
+            largest part's area.
+
+    Returns:
+        Lengths ``*_mm``, the angle ``spinous_process_angle_deg`` and points ``*_xyz_mm`` (world mm).
+
+    Raises:
+        ClinicalError: empty/NaN/fragmented mask, no posterior elements, closed canal, missing endplates.
+    """
+    binary = validate_mask(mask, affine, min_voxels=50, what="vertebra mask")
+    affine = np.asarray(affine, dtype=float)
+    largest = largest_component(binary)
+    fraction = largest.sum() / binary.sum()
+    if fraction < min_component_fraction:
+        raise ClinicalError(
+            f"vertebra mask is fragmented: its largest connected part holds only {fraction:.0%} of the "
+            f"voxels (need >= {min_component_fraction:.0%}); fix the segmentation before measuring"
+        )
+    crop, crop_affine = crop_to_foreground(ndimage.binary_fill_holes(largest), affine, pad=3)
+    spacing = voxel_spacing(crop_affine)
+    inv = np.linalg.inv(crop_affine)
+    smooth = ndimage.gaussian_filter(crop.astype(np.float32), sigma=sigma_mm / spacing)
+
+    # 2. mid-sagittal symmetry plane
+    surface = surface_points_mm(crop, crop_affine)
+    idx = np.argwhere(crop)
+    centroid = idx.mean(0) @ crop_affine[:3, :3].T + crop_affine[:3, 3]
+    shell = crop & ~ndimage.binary_erosion(crop)
+    dist = ndimage.distance_transform_edt(~shell, sampling=spacing).astype(np.float32)
+    sample = surface[np.random.default_rng(0).permutation(len(surface))[:3000]]
+    normal, offset, _ = _symmetry_plane(sample, dist, inv, centroid, max_tilt_deg)
+    centre = centroid - (normal @ centroid - offset) * normal
+    e_a = unit(_WORLD_ANTERIOR - (_WORLD_ANTERIOR @ normal) * normal)
+    e_s = np.cross(normal, e_a)
+
+    # 3. rasterised section (u: anterior, v: superior, in mm around ``centre``)
+    rel = surface - centre
+    u_rng = (rel @ e_a).min() - 3.0, (rel @ e_a).max() + 3.0
+    v_rng = (rel @ e_s).min() - 3.0, (rel @ e_s).max() + 3.0
+    us = np.arange(u_rng[0], u_rng[1], pixel_mm)
+    vs = np.arange(v_rng[0], v_rng[1], pixel_mm)
+    uu, vv = np.meshgrid(us, vs, indexing="ij")
+    section = np.zeros(uu.shape, dtype=np.float64)
+    offsets = np.linspace(-slab_mm / 2, slab_mm / 2, 3) if slab_mm > 0 else np.zeros(1)
+    for w in offsets:
+        world = centre + uu[..., None] * e_a + vv[..., None] * e_s + w * normal
+        vox = world.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
+        section += ndimage.map_coordinates(smooth, vox.T, order=1, mode="constant", cval=0.0).reshape(
+            uu.shape
+        )
+    section /= len(offsets)
+
+    def to_uv(rc: np.ndarray) -> np.ndarray:
+        return np.stack([us[0] + rc[:, 0] * pixel_mm, vs[0] + rc[:, 1] * pixel_mm], axis=1)
+
+    def to_world(uv: np.ndarray) -> list[float]:
+        return [float(x) for x in centre + uv[0] * e_a + uv[1] * e_s]
+
+    # 4. body vs posterior elements
+    labels, n_parts = ndimage.label(section > 0.5, structure=np.ones((3, 3)))
+    if n_parts == 0:
+        raise ClinicalError("the mid-sagittal plane does not cut the vertebra (empty section)")
+    areas = np.bincount(labels.ravel())[1:] * pixel_mm**2
+    parts = [i + 1 for i in np.flatnonzero(areas >= min_part_area_mm2)]
+    if not parts:
+        raise ClinicalError("the mid-sagittal section has no part larger than min_part_area_mm2")
+    pix = {i: to_uv(np.argwhere(labels == i)) for i in parts}
+    big = [i for i in parts if areas[i - 1] >= min_body_fraction * areas.max()]
+    body = max(big, key=lambda i: pix[i][:, 0].mean())  # the most anterior large part
+    body_centre = pix[body].mean(0)
+    posterior = [i for i in parts if i != body and pix[i].mean(0)[0] < body_centre[0]]
+    if not posterior:
+        raise ClinicalError(
+            "no posterior elements (lamina / spinous process) behind the vertebral body in the mid-sagittal "
+            "section: the arch is missing or fused to the body (closed canal)"
+        )
+    contours = _outer_contours(section, labels, [body, *posterior])
+    if body not in contours or not any(i in contours for i in posterior):
+        raise ClinicalError(
+            "could not trace the body / posterior-element outlines in the mid-sagittal section"
+        )
+    body_pts = to_uv(contours[body])
+    post_pts = np.concatenate([to_uv(contours[i]) for i in posterior if i in contours])
+    post_pix = np.concatenate([pix[i] for i in posterior])
+
+    # 5. canal depth
+    d_min, j = cKDTree(body_pts).query(post_pts)
+    k = int(np.argmin(d_min))
+    vcl = float(d_min[k])
+    canal_ant, canal_post = body_pts[j[k]], post_pts[k]
+    if vcl < min_canal_mm:
+        raise ClinicalError(
+            f"vertebral canal depth {vcl:.1f} mm < {min_canal_mm} mm in the mid-sagittal section: the canal "
+            "is closed or the arch touches the body (the reference discards such cases)"
+        )
+
+    # 6. body walls and endplates from the outline normals
+    grad_u, grad_v = np.gradient(ndimage.gaussian_filter(section, 1.0), pixel_mm)
+    coords = contours[body].T
+    normals = -np.stack(
+        [ndimage.map_coordinates(grad_u, coords, order=1), ndimage.map_coordinates(grad_v, coords, order=1)],
+        axis=1,
+    )
+    norm = np.linalg.norm(normals, axis=1)
+    ok = norm > 1e-9
+    body_pts, normals = body_pts[ok], normals[ok] / norm[ok, None]
+    theta = np.arctan2(normals[:, 1], normals[:, 0])
+    phi = np.angle(np.exp(4j * theta).sum()) / 4.0  # one of the four edge-normal directions, in (-45, 45]
+    b_a = np.array([np.cos(phi), np.sin(phi)])
+    b_s = np.array([-b_a[1], b_a[0]])
+    cos_t = np.cos(np.deg2rad(wall_angle_deg))
+    sets = {
+        "superior endplate": normals @ b_s > cos_t,
+        "inferior endplate": normals @ b_s < -cos_t,
+        "anterior wall": normals @ b_a > cos_t,
+        "posterior wall": normals @ b_a < -cos_t,
+    }
+    lines = {}
+    for name, sel in sets.items():
+        if sel.sum() < max(4, int(3.0 / pixel_mm)):
+            raise ClinicalError(f"vertebral body has no recognisable {name} in the mid-sagittal section")
+        lines[name] = fit_line(body_pts[sel])
+    corners = {
+        (ep, wall): _intersect(*lines[f"{ep} endplate"], *lines[f"{wall} wall"])
+        for ep in ("superior", "inferior")
+        for wall in ("anterior", "posterior")
+    }
+    lengths = {
+        "superior endplate": np.linalg.norm(
+            corners["superior", "anterior"] - corners["superior", "posterior"]
+        ),
+        "inferior endplate": np.linalg.norm(
+            corners["inferior", "anterior"] - corners["inferior", "posterior"]
+        ),
+        "anterior wall": np.linalg.norm(corners["superior", "anterior"] - corners["inferior", "anterior"]),
+        "posterior wall": np.linalg.norm(corners["superior", "posterior"] - corners["inferior", "posterior"]),
+    }
+
+    # 7. posterior-element axis, spl, spa
+    _, sp_dir = fit_line(post_pix)
+    if sp_dir @ (post_pix.mean(0) - body_centre) < 0:
+        sp_dir = -sp_dir
+    proj = post_pts @ sp_dir
+    spl = float(proj.max() - proj.min())
+    tip = post_pts[int(np.argmax(proj))]
+    ep_dir = unit(corners["superior", "anterior"] - corners["superior", "posterior"])
+    ep_up = np.array([-ep_dir[1], ep_dir[0]])
+    spa = float(np.degrees(np.arctan2(-(sp_dir @ ep_up), -(sp_dir @ ep_dir))))
+
+    out: dict[str, Any] = {
+        "spinous_process_length_mm": spl,
+        "spinous_process_angle_deg": spa,
+        "anterior_body_height_mm": float(lengths["anterior wall"]),
+        "posterior_body_height_mm": float(lengths["posterior wall"]),
+        "superior_endplate_length_mm": float(lengths["superior endplate"]),
+        "inferior_endplate_length_mm": float(lengths["inferior endplate"]),
+        "canal_length_mm": vcl,
+        "body_centre_xyz_mm": to_world(body_centre),
+        "spinous_tip_xyz_mm": to_world(tip),
+        "canal_anterior_xyz_mm": to_world(canal_ant),
+        "canal_posterior_xyz_mm": to_world(canal_post),
+        "superior_endplate_centre_xyz_mm": to_world(
+            0.5 * (corners["superior", "anterior"] + corners["superior", "posterior"])
+        ),
+        "inferior_endplate_centre_xyz_mm": to_world(
+            0.5 * (corners["inferior", "anterior"] + corners["inferior", "posterior"])
+        ),
+    }
+    for key, value in out.items():
+        if not np.all(np.isfinite(value)):
+            raise ClinicalError(f"vertebra measurement produced a non-finite {key}")
+    return out
