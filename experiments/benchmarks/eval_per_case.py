@@ -5,20 +5,20 @@ the network's forward pass for the same case. For each anatomy this script takes
 from ``../shared/data/xrayto3d-masks`` (true spacings set: femur 1.0 mm, rib 2.5 mm; the hip and
 vertebra masks are resampled onto their training grids, 128³ @ 2.25 mm and 64³ @ 1.5 mm), builds a
 plausible "prediction" from it (shifted by 2 voxels and eroded once, so every distance is non-trivial),
-and times side by side, interleaved, in one process:
+and times in one process:
 
 * ``metrics``: :func:`xray3d.metrics.image.binary_metrics` (Dice, HD95, ASD, NSD in mm);
 * ``clinical``: the anatomy's ``measure`` (``conf/clinical/<anatomy>.yaml``) on GT and prediction and
   their errors (:func:`xray3d.clinical.evaluate.measure_pair`);
-* ``forward``: the model config's network (default ``unet``, reference settings) on a batch of one at the
-  same grid size, ``torch.no_grad``, after one warm-up pass.
+* ``forward``: each model config's network (default unet, attention_unet, swinunetr; reference settings)
+  on a batch of one at the same grid size, ``torch.no_grad``, after one warm-up pass.
 
 Usage::
 
-    python experiments/benchmarks/eval_per_case.py [--anatomies femur hip vertebra rib] [--model unet]
+    python experiments/benchmarks/eval_per_case.py [--anatomies femur hip vertebra rib] [--models unet ...]
         [--repeats 5] [--threads 2]
 
-Prints a table with the median seconds of each part and the ratio (metrics + clinical) / forward.
+Prints the median seconds of each part and the ratio (metrics + clinical) / forward per model.
 """
 
 from __future__ import annotations
@@ -90,34 +90,38 @@ def _seconds(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
-def bench_one(anatomy: str, net, repeats: int) -> dict:
-    """Median seconds of metrics, clinical (GT + prediction) and forward for one anatomy's case."""
-    import torch
-
+def bench_eval(anatomy: str, repeats: int) -> dict:
+    """Median seconds of the image metrics and of the clinical parameters (GT + prediction) of one case."""
     from xray3d.clinical.cli import load_measure
     from xray3d.clinical.evaluate import measure_pair
     from xray3d.metrics.image import binary_metrics
 
     gt, affine, spacing = load_case(anatomy)
     pred = fake_prediction(gt)
-    grid = gt.shape[0]
-    ap, lat = torch.rand(1, 1, grid, grid), torch.rand(1, 1, grid, grid)
     measure = load_measure(anatomy)
-    status = measure_pair(measure, gt, pred, affine)[0]["clinical_status"]
-    t = {"metrics": [], "clinical": [], "forward": []}
+    status = measure_pair(measure, gt, pred, affine)[0]["clinical_status"]  # also a warm-up
+    t = {"metrics": [], "clinical": []}
+    for _ in range(repeats):
+        t["metrics"].append(_seconds(binary_metrics, pred, gt, spacing))
+        t["clinical"].append(_seconds(measure_pair, measure, gt, pred, affine))
+    return {"grid": gt.shape[0], "status": status, **{k: statistics.median(v) for k, v in t.items()}}
+
+
+def bench_forward(model: str, grid: int, repeats: int) -> float:
+    """Median seconds of one no-grad forward pass (batch 1) of the model config at ``grid``³."""
+    import torch
+
+    net = build_net(model, grid)
+    ap, lat = torch.rand(1, 1, grid, grid), torch.rand(1, 1, grid, grid)
     with torch.no_grad():
         net(ap, lat)  # warm-up
-        for _ in range(repeats):  # interleaved, so machine noise hits all three alike
-            t["metrics"].append(_seconds(binary_metrics, pred, gt, spacing))
-            t["clinical"].append(_seconds(measure_pair, measure, gt, pred, affine))
-            t["forward"].append(_seconds(net, ap, lat))
-    return {"grid": grid, "status": status, **{k: statistics.median(v) for k, v in t.items()}}
+        return statistics.median(_seconds(net, ap, lat) for _ in range(repeats))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--anatomies", nargs="+", default=list(CASES), choices=list(CASES))
-    p.add_argument("--model", default="unet")
+    p.add_argument("--models", nargs="+", default=["unet", "attention_unet", "swinunetr"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -125,28 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    print(f"torch threads {args.threads}, model {args.model}, median of {args.repeats}")
-    cols = [
-        "anatomy",
-        "grid",
-        "metrics s",
-        "clinical s (GT+pred)",
-        "eval s",
-        "forward s",
-        "eval/forward",
-        "clinical",
-    ]
+    print(f"torch threads {args.threads}, median of {args.repeats}; forward = no-grad, batch 1")
+    cols = ["anatomy", "grid", "metrics s", "clinical s (GT+pred)", "eval s"]
+    cols += [f"{m} fwd s (eval/fwd)" for m in args.models] + ["clinical"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    nets: dict[int, torch.nn.Module] = {}
+    fwd: dict[tuple[str, int], float] = {}
     for anatomy in args.anatomies:
-        grid = CASES[anatomy][2][0]
-        if grid not in nets:
-            nets[grid] = build_net(args.model, grid)
-        r = bench_one(anatomy, nets[grid], args.repeats)
-        ev = r["metrics"] + r["clinical"]
+        r = bench_eval(anatomy, args.repeats)
+        grid, ev = r["grid"], r["metrics"] + r["clinical"]
         cells = [anatomy, f"{grid}³", f"{r['metrics']:.3f}", f"{r['clinical']:.3f}", f"{ev:.3f}"]
-        cells += [f"{r['forward']:.3f}", f"{ev / r['forward']:.2f}", r["status"]]
-        print("| " + " | ".join(cells) + " |")
+        for model in args.models:
+            if (model, grid) not in fwd:
+                fwd[model, grid] = bench_forward(model, grid, args.repeats)
+            cells.append(f"{fwd[model, grid]:.3f} ({ev / fwd[model, grid]:.2f})")
+        print("| " + " | ".join(cells + [r["status"]]) + " |")
     return 0
 
 
