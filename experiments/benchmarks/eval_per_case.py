@@ -19,6 +19,8 @@ Usage::
         [--repeats 5] [--threads 2]
 
 Prints the median seconds of each part and the ratio (metrics + clinical) / forward per model.
+``--pipeline-cases N`` also times a test loop of N cases (forward + metrics + clinical) with the clinical
+measurement inline vs in background processes (``MetricsReport(workers=...)``), against the forward alone.
 """
 
 from __future__ import annotations
@@ -118,12 +120,61 @@ def bench_forward(model: str, grid: int, repeats: int) -> float:
         return statistics.median(_seconds(net, ap, lat) for _ in range(repeats))
 
 
+def bench_pipeline(anatomy: str, model: str, n_cases: int, workers: int) -> dict:
+    """Wall seconds per case of a test loop (forward + image metrics + clinical), clinical inline vs in
+    ``workers`` background processes (as ``MetricsReport(workers=...)`` does), and of the forward alone."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from xray3d.clinical.cli import load_measure
+    from xray3d.clinical.evaluate import measure_pair
+    from xray3d.metrics.image import binary_metrics
+
+    gt, affine, spacing = load_case(anatomy)
+    pred = fake_prediction(gt)
+    grid = gt.shape[0]
+    net = build_net(model, grid)
+    ap, lat = torch.rand(1, 1, grid, grid), torch.rand(1, 1, grid, grid)
+    measure = load_measure(anatomy)
+    out = {}
+    with torch.no_grad():
+        net(ap, lat)
+        t0 = time.perf_counter()
+        for _ in range(n_cases):
+            net(ap, lat)
+        out["forward only"] = (time.perf_counter() - t0) / n_cases
+        t0 = time.perf_counter()
+        for _ in range(n_cases):
+            net(ap, lat)
+            binary_metrics(pred, gt, spacing)
+            measure_pair(measure, gt, pred, affine)
+        out["inline"] = (time.perf_counter() - t0) / n_cases
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(measure_pair, measure, gt, pred, affine).result()  # start the workers (untimed)
+            t0 = time.perf_counter()
+            futures = []
+            for _ in range(n_cases):
+                net(ap, lat)
+                binary_metrics(pred, gt, spacing)
+                futures.append(pool.submit(measure_pair, measure, gt, pred, affine))
+            for f in futures:
+                f.result()
+            out[f"background ({workers} worker)"] = (time.perf_counter() - t0) / n_cases
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--anatomies", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--models", nargs="+", default=["unet", "attention_unet", "swinunetr"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--pipeline-cases", type=int, default=0, help="also time a test loop of N cases per anatomy"
+    )
+    p.add_argument("--pipeline-workers", type=int, default=1)
     args = p.parse_args(argv)
 
     import torch
@@ -143,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                 fwd[model, grid] = bench_forward(model, grid, args.repeats)
             cells.append(f"{fwd[model, grid]:.3f} ({ev / fwd[model, grid]:.2f})")
         print("| " + " | ".join(cells + [r["status"]]) + " |")
+    if args.pipeline_cases:
+        print(f"\ntest loop of {args.pipeline_cases} cases, {args.models[0]}: wall seconds per case")
+        for anatomy in args.anatomies:
+            res = bench_pipeline(anatomy, args.models[0], args.pipeline_cases, args.pipeline_workers)
+            print(f"{anatomy}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()))
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -64,6 +66,8 @@ class MetricsReport(L.Callback):
         clinical: measure clinical parameters when the datamodule provides a measurement.
         plots: write PNG plots.
         n_boot: bootstrap resamples of the CIs.
+        workers: background processes measuring the clinical parameters while the model predicts the
+            next batches (0 = measure inline). A case whose worker dies is measured inline instead.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class MetricsReport(L.Callback):
         clinical: bool = True,
         plots: bool = True,
         n_boot: int = 1000,
+        workers: int = 0,
     ) -> None:
         self.output_dir = Path(output_dir) / "metrics"
         self.config_digest = config_digest
@@ -83,15 +88,49 @@ class MetricsReport(L.Callback):
         self.n_boot = n_boot
         self.ckpt_path: str | None = None
         self.last_summary: dict | None = None
+        if workers < 0:
+            raise ValueError(f"callbacks.metrics_report.workers must be >= 0, got {workers}")
+        self.workers = int(workers)
         self._clinical_rows: dict[str, dict] = {}
         self._clinical_records: list[dict] = []
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: list[tuple[str, tuple, Future]] = []
 
     def _measure(self, trainer: L.Trainer):
         dm = trainer.datamodule
         return getattr(dm, "clinical", None) if self.clinical and dm is not None else None
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._clinical_rows, self._clinical_records = {}, []
+        self._clinical_rows, self._clinical_records, self._pending = {}, [], []
+        if self.workers > 0 and self._measure(trainer) is not None:
+            # spawn: never fork a process that holds torch's thread pools (and maybe CUDA)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _store(self, sid: str, row: dict, record: dict) -> None:
+        self._clinical_rows[sid] = row
+        self._clinical_records.append({"sample_id": sid, **record})
+
+    def _collect(self) -> None:
+        """Wait for the background measurements (in submission order) and shut the pool down."""
+        for sid, args, future in self._pending:
+            try:
+                row, record = future.result()
+            except Exception as exc:  # a dead or broken worker: do not lose the case
+                log.warning("background clinical measurement of %s failed (%s); measuring inline", sid, exc)
+                row, record = measure_pair(*args)
+            self._store(sid, row, record)
+        self._pending = []
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._shutdown()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         measure = self._measure(trainer)
@@ -104,11 +143,14 @@ class MetricsReport(L.Callback):
                 affine = batch["affine"][i].detach().cpu().double().numpy()
             else:  # a PIR grid at the sample's spacing (world = ROI frame)
                 affine = np.diag([float(batch["spacing_mm"][i])] * 3 + [1.0])
-            row, record = measure_pair(measure, gt[i, 0], pred[i, 0], affine)
-            self._clinical_rows[str(sid)] = row
-            self._clinical_records.append({"sample_id": str(sid), **record})
+            args = (measure, gt[i, 0], pred[i, 0], affine)
+            if self._pool is not None:
+                self._pending.append((str(sid), args, self._pool.submit(measure_pair, *args)))
+            else:
+                self._store(str(sid), *measure_pair(*args))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._collect()
         rows = list(pl_module.case_rows.get("test", []))
         if not rows:
             log.warning("no test cases were evaluated; no report written")

@@ -1,0 +1,88 @@
+"""MetricsReport: clinical parameters per test case, inline or in background processes, and its files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from functools import partial
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from xray3d.callbacks.metrics_report import MetricsReport
+from xray3d.clinical.base import validate_mask, voxel_points_mm
+
+
+def centre_measure(mask, affine, crash_in_worker: bool = False):
+    """Centroid (world mm) and voxel count; optionally kills a worker process (not the main one)."""
+    if crash_in_worker and multiprocessing.current_process().name != "MainProcess":
+        os._exit(3)
+    m = validate_mask(mask, affine)
+    return {"centre_xyz_mm": voxel_points_mm(m, affine).mean(0).tolist(), "size_mm3": float(m.sum())}
+
+
+def _batch(shifts: list[int], start: int):
+    gt = torch.zeros(len(shifts), 1, 16, 16, 16)
+    gt[:, :, 4:8, 4:8, 4:8] = 1
+    pred = torch.stack([torch.roll(g, s, dims=1) for g, s in zip(gt, shifts, strict=True)]) > 0.5
+    if 0 in shifts:  # an empty prediction for the case with shift 0
+        pred[shifts.index(0)] = False
+    batch = {
+        "mask": gt,
+        "affine": torch.eye(4, dtype=torch.float64).repeat(len(shifts), 1, 1) * 2.0,
+        "sample_id": [f"c{start + i}" for i in range(len(shifts))],
+        "spacing_mm": torch.full((len(shifts),), 2.0),
+    }
+    return batch, {"pred": pred}
+
+
+def _run(tmp_path, measure, workers: int):
+    dm = SimpleNamespace(clinical=measure, group_by=("grp",), anatomy="toy")
+    trainer = SimpleNamespace(datamodule=dm, loggers=[])
+    rows = [
+        {"sample_id": f"c{i}", "dice": 0.9 - 0.1 * i, "hd95_mm": float(i), "asd_mm": 0.5, "nsd": 0.8}
+        for i in range(4)
+    ]
+    for r in rows:
+        r["empty_pred"] = False
+    module = SimpleNamespace(case_rows={"test": rows})
+    cb = MetricsReport(str(tmp_path), labels={"model": "toy"}, workers=workers, n_boot=50)
+    cb.on_test_epoch_start(trainer, module)
+    for k, shifts in enumerate(([1, 2], [3, 0])):
+        batch, outputs = _batch(shifts, 2 * k)
+        cb.on_test_batch_end(trainer, module, outputs, batch, k)
+    cb.on_test_epoch_end(trainer, module)
+    return pd.read_csv(tmp_path / "metrics" / "per_case.csv"), cb
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_clinical_rows_inline_and_in_background(tmp_path, workers):
+    df, cb = _run(tmp_path, centre_measure, workers)
+    df = df.set_index("sample_id")
+    assert list(df["clinical_status"]) == ["ok", "ok", "ok", "pred_failed"]
+    assert df["centre_err_mm"].tolist()[:3] == pytest.approx([2.0, 4.0, 6.0])  # shift voxels x 2 mm
+    assert "0 foreground voxels" in df.loc["c3", "clinical_reason"]
+    summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
+    assert summary["clinical"]["n_pred_failed"] == 1 and summary["labels"] == {
+        "model": "toy",
+        "anatomy": "toy",
+    }
+    assert summary["dice_vs_clinical"][0]["error"] == "centre_err_mm"
+    lines = (tmp_path / "metrics" / "clinical.jsonl").read_text().splitlines()
+    assert [json.loads(x)["sample_id"] for x in lines] == ["c0", "c1", "c2", "c3"]
+    assert cb._pool is None
+
+
+def test_a_dead_worker_does_not_lose_cases(tmp_path):
+    df, _ = _run(tmp_path, partial(centre_measure, crash_in_worker=True), workers=1)
+    assert df["centre_err_mm"].tolist()[:3] == pytest.approx([2.0, 4.0, 6.0])
+
+
+def test_no_clinical_measurement_without_a_datamodule_measure(tmp_path):
+    df, _ = _run(tmp_path, None, workers=1)
+    assert "clinical_status" not in df and not (tmp_path / "metrics" / "clinical.jsonl").exists()
+    assert np.isclose(df["dice"].iloc[0], 0.9)
