@@ -64,7 +64,7 @@ from xray3d.data.preparation import (
 from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, touches_border
 from xray3d.data.splits import load_split_lists
 from xray3d.data.totalseg import Rules as TotalsegRules
-from xray3d.data.totalseg import _has_implant
+from xray3d.data.totalseg import has_implant
 
 __all__ = [
     "prepare_ctpelvic1k",
@@ -284,7 +284,7 @@ def _case_samples(job: dict[str, Any]) -> list[dict]:
             "subset": SUBSETS[index],
             "dataset": index,
             "metal": index == 7,
-            "implant": _has_implant(ct_data, merged, spacing, implant_rules),
+            "implant": has_implant(ct_data, merged, spacing, implant_rules),
             "split": "",
             "source": job["source"],
             "spacing_mm": preset.spacing_mm,

@@ -21,7 +21,6 @@ settings does nothing; interrupted runs resume.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -69,10 +68,6 @@ def _structure_ids(structures_csv: Path) -> dict[str, int]:
     id_col = next((cols[c] for c in ("id", "label", "value", "index") if c in cols), df.columns[0])
     name_col = next((cols[c] for c in ("name", "structure", "class") if c in cols), df.columns[1])
     return {str(n): int(i) for i, n in zip(df[id_col], df[name_col], strict=True)}
-
-
-
-
 
 
 def prepare_embedded(

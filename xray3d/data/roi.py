@@ -19,6 +19,7 @@ __all__ = [
     "label_centroid_mm",
     "extract_roi",
     "touches_border",
+    "crop_around",
 ]
 
 AIR_HU = -1024.0
@@ -134,3 +135,32 @@ def extract_roi(
     mask_img = nib.Nifti1Image(mask_roi, target_affine)
     mask_img.header.set_xyzt_units("mm")
     return ct_img, mask_img
+
+
+def crop_around(
+    img: nib.Nifti1Image, labels: np.ndarray, centre: np.ndarray, grid: int, spacing: float
+) -> tuple[nib.Nifti1Image | None, np.ndarray | None]:
+    """Native sub-volume covering the ROI cube (+2 voxels), so the resampler reads less data.
+
+    Args:
+        img: native CT.
+        labels: label/mask array on the CT's grid.
+        centre: ROI centre, RAS world mm.
+        grid: ROI voxels per side.
+        spacing: ROI voxel size (mm).
+
+    Returns:
+        ``(ct_crop, labels_crop)`` with the crop's affine; ``(None, None)`` when the cube misses the scan.
+    """
+    tgt = pir_grid_affine(centre, grid, spacing)
+    corners = np.array([[i, j, k, 1.0] for i in (0, grid - 1) for j in (0, grid - 1) for k in (0, grid - 1)])
+    vox = (np.linalg.inv(img.affine) @ tgt @ corners.T)[:3]
+    lo = np.clip(np.floor(vox.min(axis=1)).astype(int) - 2, 0, img.shape)
+    hi = np.clip(np.ceil(vox.max(axis=1)).astype(int) + 3, 0, img.shape)
+    if np.any(hi <= lo):
+        return None, None
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    aff = img.affine.copy()
+    aff[:3, 3] = img.affine[:3, :3] @ lo + img.affine[:3, 3]
+    data = np.asarray(img.dataobj)[box]
+    return nib.Nifti1Image(np.ascontiguousarray(data), aff), np.ascontiguousarray(labels[box])

@@ -66,7 +66,13 @@ from xray3d.data.preparation import (
     skip_entry,
     write_prepared,
 )
-from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, largest_component, pir_grid_affine
+from xray3d.data.roi import (
+    PRESETS,
+    crop_around,
+    extract_roi,
+    label_centroid_mm,
+    largest_component,
+)
 from xray3d.data.splits import load_split_lists
 from xray3d.data.verse import level_group, level_name
 
@@ -372,20 +378,6 @@ def load_train_csv(path: Path) -> dict[str, dict[str, int]]:
 # one study (runs in a worker process)
 
 
-def _crop(ct: nib.Nifti1Image, mask: np.ndarray, centre: np.ndarray, grid: int, spacing: float):
-    """Native sub-volume covering the ROI cube (+2 voxels), so the resampler reads less data."""
-    tgt = pir_grid_affine(centre, grid, spacing)
-    corners = np.array([[i, j, k, 1.0] for i in (0, grid - 1) for j in (0, grid - 1) for k in (0, grid - 1)])
-    vox = (np.linalg.inv(ct.affine) @ tgt @ corners.T)[:3]
-    lo = np.clip(np.floor(vox.min(axis=1)).astype(int) - 2, 0, ct.shape)
-    hi = np.clip(np.ceil(vox.max(axis=1)).astype(int) + 3, 0, ct.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    aff = ct.affine.copy()
-    aff[:3, 3] = ct.affine[:3, :3] @ lo + ct.affine[:3, 3]
-    data = np.ascontiguousarray(np.asarray(ct.dataobj)[box])
-    return nib.Nifti1Image(data, aff), np.ascontiguousarray(mask[box])
-
-
 def _process_study(job: dict[str, Any]) -> dict[str, Any]:
     """Prepare every vertebra of one study; never raises (errors become failed entries)."""
     subject = job["subject"]
@@ -432,7 +424,10 @@ def _study_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         centre = label_centroid_mm(sub, aff)
         mask = np.zeros(labels.shape, dtype=bool)
         mask[box] = sub
-        ct_crop, mask_crop = _crop(ct, mask, centre, preset.grid_size, preset.spacing_mm)
+        ct_crop, mask_crop = crop_around(ct, mask, centre, preset.grid_size, preset.spacing_mm)
+        if ct_crop is None:
+            skipped.append(skip_entry(subject, sample_id, "the ROI cube misses the scan"))
+            continue
         ct_roi, msk_roi = extract_roi(ct_crop, mask_crop, centre, preset.grid_size, preset.spacing_mm)
         voxels = int(np.asarray(msk_roi.dataobj).sum())
         if voxels == 0:

@@ -62,7 +62,7 @@ from xray3d.data.preparation import (
 from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, largest_component, touches_border
 from xray3d.data.splits import load_split_lists
 
-__all__ = ["prepare_totalseg", "TOTALSEG_V2_IDS", "TASK_STRUCTURES", "Rules", "MANIFEST_COLUMNS", "main"]
+__all__ = ["prepare_totalseg", "TOTALSEG_V2_IDS", "TASK_STRUCTURES", "Rules", "MANIFEST_COLUMNS", "has_implant", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _load_subject(folder: Path, names: list[str]) -> tuple[nib.Nifti1Image, dict
     return ct, masks
 
 
-def _has_implant(ct: np.ndarray, mask: np.ndarray, spacing: np.ndarray, rules: Rules) -> bool:
+def has_implant(ct: np.ndarray, mask: np.ndarray, spacing: np.ndarray, rules: Rules) -> bool:
     """Any CT voxel > ``rules.implant_hu`` within ``implant_margin_mm`` of the bone (native grid)."""
     it = max(1, math.ceil(rules.implant_margin_mm / float(np.min(spacing))))
     idx = np.argwhere(mask)
@@ -293,7 +293,7 @@ def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
                 "spacing_mm": preset.spacing_mm,
                 "shape": "x".join([str(preset.grid_size)] * 3),
                 "voxels": voxels,
-                "implant": _has_implant(ct_data, mask, spacing, rules),
+                "implant": has_implant(ct_data, mask, spacing, rules),
                 "ct_path": rel_ct,
                 "mask_path": rel_msk,
             }

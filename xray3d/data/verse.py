@@ -64,7 +64,7 @@ from xray3d.data.preparation import (
     skip_entry,
     write_prepared,
 )
-from xray3d.data.roi import PRESETS, extract_roi, largest_component, pir_grid_affine
+from xray3d.data.roi import PRESETS, crop_around, extract_roi, largest_component
 from xray3d.data.splits import load_split_lists
 
 __all__ = [
@@ -316,22 +316,6 @@ def centroids_world(
 # one subject (runs in a worker process)
 
 
-def _crop(img: nib.Nifti1Image, labels: np.ndarray, centre: np.ndarray, grid: int, spacing: float):
-    """Native sub-volume covering the ROI cube (+2 voxels), so the resampler copies less data."""
-    tgt = pir_grid_affine(centre, grid, spacing)
-    corners = np.array([[i, j, k, 1.0] for i in (0, grid - 1) for j in (0, grid - 1) for k in (0, grid - 1)])
-    vox = (np.linalg.inv(img.affine) @ tgt @ corners.T)[:3]
-    lo = np.clip(np.floor(vox.min(axis=1)).astype(int) - 2, 0, img.shape)
-    hi = np.clip(np.ceil(vox.max(axis=1)).astype(int) + 3, 0, img.shape)
-    if np.any(hi <= lo):
-        return None, None
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    aff = img.affine.copy()
-    aff[:3, 3] = img.affine[:3, :3] @ lo + img.affine[:3, 3]
-    data = np.asarray(img.dataobj)[box]
-    return nib.Nifti1Image(np.ascontiguousarray(data), aff), np.ascontiguousarray(labels[box])
-
-
 def _process_subject(job: dict[str, Any]) -> dict[str, Any]:
     """Prepare every vertebra of one subject; never raises (errors become failed entries)."""
     subject = job["subject"]
@@ -378,7 +362,7 @@ def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         if label not in present:
             skipped.append(skip_entry(subject, sample_id, f"centroid label {label} absent from the mask"))
             continue
-        ct_crop, lab_crop = _crop(ct, labels, centre, preset.grid_size, preset.spacing_mm)
+        ct_crop, lab_crop = crop_around(ct, labels, centre, preset.grid_size, preset.spacing_mm)
         if ct_crop is None or not (lab_crop == label).any():
             skipped.append(skip_entry(subject, sample_id, "empty mask after ROI extraction"))
             continue
