@@ -1,0 +1,87 @@
+"""`data=verse2019` trains for real on a prepared VerSe-format fixture, and a VerSe model is evaluated out of
+domain on a prepared RSNA-format fixture (`xray3d-domain-shift ... targets=[rsna_cervical]`), CLI only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xray3d.data.rsna import prepare_rsna
+from xray3d.data.verse import prepare_verse
+from xray3d.testing import FixtureUnavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "XRAY3D_LOG_DIR": str(cwd / "logs")}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=500
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> dict[str, Path]:
+    from xray3d.testing.rsna import write_rsna_fixture
+    from xray3d.testing.verse import write_verse_fixture
+
+    tmp = tmp_path_factory.mktemp("public")
+    subjects = [f"sub-verse{n:03d}" for n in range(4, 11)]  # 7 copies of the real sample: every split filled
+    try:
+        write_verse_fixture(tmp / "verse_raw", subjects=subjects)
+        write_rsna_fixture(tmp / "rsna_raw")
+    except FixtureUnavailable as exc:
+        pytest.skip(str(exc))
+    prepare_verse(tmp / "verse_raw", tmp / "verse", progress=False)
+    prepare_rsna(tmp / "rsna_raw", tmp / "rsna", progress=False)
+    return {"root": tmp, "verse": tmp / "verse", "rsna": tmp / "rsna"}
+
+
+def test_train_on_verse2019_then_domain_shift_to_rsna(prepared, tmp_path):
+    verse = pd.read_csv(prepared["verse"] / "manifest.csv")
+    assert set(verse["split"]) == {"train", "val", "test"}
+    res = _run(
+        [
+            str(ROOT / "train.py"),
+            "data=verse2019",
+            f"data.data_dir={prepared['verse']}",
+            "data.batch_size=2",
+            "debug=limit",
+            "trainer.max_steps=2",
+            "trainer.limit_test_batches=1.0",  # the whole test split
+            "logger=csv",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = next((tmp_path / "logs").rglob("checkpoints/last.ckpt")).parent.parent
+    per_case = pd.read_csv(run / "metrics" / "per_case.csv")
+    assert len(per_case) == (verse["split"] == "test").sum()
+    assert {"level_group", "fracture_grade", "clinical_status"} <= set(per_case.columns)
+
+    res = _run(
+        [
+            "-m",
+            "xray3d.pipeline.domain_shift",
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+            "targets=[rsna_cervical]",
+            f"data.data_dir={prepared['rsna']}",
+            "data.test_splits=[train,val,test]",  # one fixture study: evaluate all of it
+            "debug=limit",
+            "trainer.limit_test_batches=1.0",
+            "logger=csv",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = next((tmp_path / "logs").rglob("domain_shift/per_case.csv")).parent
+    df = pd.read_csv(out / "per_case.csv")
+    rsna = pd.read_csv(prepared["rsna"] / "manifest.csv")
+    assert (df["domain"] == "out:rsna_cervical").sum() == len(rsna)
+    assert (df["domain"] == "in:verse2019").sum() == len(per_case)
+    assert "out:rsna_cervical" in (out / "table.md").read_text()
