@@ -98,3 +98,12 @@ def test_report_without_clinical_columns_or_groups(tmp_path):
     res = write_evaluation_report(df, tmp_path, plots=False)
     assert res["clinical"] == {} and res["subgroups"] == [] and res["dice_vs_clinical"] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.md", "table.tex"]
+
+
+def test_a_single_case_group_is_not_flagged_by_its_degenerate_ci():
+    from xray3d.metrics.report import disaggregate
+
+    df = pd.DataFrame({"level": ["T1", "T2", "T3"] * 3 + ["T4"], "dice": [0.9, 0.85, 0.88] * 3 + [0.2]})
+    d = disaggregate(df, "level").set_index("level")
+    assert not d.loc["T4", "flag"] and d.loc["T4", "ci_lo"] == d.loc["T4", "ci_hi"] == pytest.approx(0.2)
+    assert disaggregate(df, "level", min_n=1).set_index("level").loc["T4", "flag"]

@@ -242,6 +242,7 @@ def disaggregate(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    min_n: int = 3,
 ) -> pd.DataFrame:
     """Per-group n, n_nonfinite, mean, median and CI of ``metric``, flagging groups worse than the aggregate.
 
@@ -249,7 +250,8 @@ def disaggregate(
     the aggregate: with ``threshold=None`` when its whole CI lies on the worse side (for a higher-is-better
     metric: ``ci_hi < aggregate_mean``); with a threshold when its mean is worse by more than ``threshold``
     (``aggregate_mean - mean > threshold``). ``higher_is_better`` defaults to False for HD95/ASD, True
-    otherwise (for lower-is-better metrics the comparisons are mirrored).
+    otherwise (for lower-is-better metrics the comparisons are mirrored). With the CI rule a group needs at
+    least ``min_n`` finite values to be flagged (the bootstrap CI of one or two cases means nothing).
 
     Returns:
         Columns ``[by, "n", "n_nonfinite", "mean", "median", "ci_lo", "ci_hi", "aggregate_mean", "flag"]``.
@@ -264,7 +266,8 @@ def disaggregate(
     for key, g in df.groupby(by, sort=True):
         s = describe(g[metric], n_boot=n_boot, level=level, seed=seed)
         if threshold is None:
-            flag = s["ci_hi"] < agg if higher_is_better else s["ci_lo"] > agg
+            enough = s["n"] - s["n_nonfinite"] >= min_n
+            flag = enough and (s["ci_hi"] < agg if higher_is_better else s["ci_lo"] > agg)
         else:
             gap = agg - s["mean"] if higher_is_better else s["mean"] - agg
             flag = gap > threshold
