@@ -174,3 +174,19 @@ def test_real_s0046_rib_cage():
         assert 3 <= int(np.argmax(arcs)) + 1 <= 8  # the longest ribs are mid-cage
         posterior_z = [r.points[0, 2] for r in ribs if r.side == side]
         assert np.all(np.diff(posterior_z) < 0)
+
+
+def test_prediction_missing_a_rib_is_compared_rib_by_rib_after_alignment():
+    from xray3d.clinical.cli import load_measure
+    from xray3d.clinical.evaluate import measure_pair
+
+    gt, affine, _ = synthetic_cage()
+    pred, _, _ = synthetic_cage(ribs=[1, 3, 4])  # rib 2 missing on both sides: ordinal names shift
+    row, record = measure_pair(load_measure("rib"), gt, pred, affine)
+    assert row["clinical_status"] == "ok" and row["pred_n_ribs_matched"] == 6
+    assert row["rib_L03_arc_err_mm"] < 1.0 and row["rib_R04_chord_err_mm"] < 1.0  # the same ribs compared
+    assert "rib_L02_arc_err_mm" not in row  # the missing rib has no error, it is not another rib's
+    assert (row["gt_n_ribs"], row["pred_n_ribs"]) == (8, 6) and not any(k.startswith("n_") for k in row)
+    # without alignment the ordinal names would compare GT rib 2 with predicted rib 3
+    raw = measure_pair(measure, gt, pred, affine)[0]
+    assert raw["rib_L02_arc_err_mm"] > 5.0

@@ -19,9 +19,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["ClinicalError", "POINT_SUFFIX", "clinical_errors", "validate_mask", "voxel_points_mm"]
+__all__ = ["ClinicalError", "POINT_SUFFIX", "UNITS", "clinical_errors", "validate_mask", "voxel_points_mm"]
 
 POINT_SUFFIX = "_xyz_mm"
+#: units of the scalar parameters that get an error (counts such as ``n_ribs`` are compared as columns only)
+UNITS = ("mm", "deg", "mm2", "mm3")
 
 
 class ClinicalError(ValueError):
@@ -70,8 +72,8 @@ def _unit(key: str) -> str:
 def clinical_errors(gt: Mapping[str, object], pred: Mapping[str, object]) -> dict[str, float]:
     """Per-parameter error between two measurements of the same anatomy.
 
-    Scalars give ``<name>_err_<unit>`` = |pred - gt|; points (``<name>_xyz_mm``) give ``<name>_err_mm`` =
-    Euclidean distance (same world frame, no alignment). Keys present in only one of the two, or
+    Scalars with a unit of :data:`UNITS` give ``<name>_err_<unit>`` = |pred - gt|; points
+    (``<name>_xyz_mm``) give ``<name>_err_mm`` = Euclidean distance (same world frame, no alignment). Keys present in only one of the two, or
     non-finite values, are skipped.
     """
     errors: dict[str, float] = {}
@@ -85,7 +87,7 @@ def clinical_errors(gt: Mapping[str, object], pred: Mapping[str, object]) -> dic
             if not (ok and np.isfinite(g_arr).all() and np.isfinite(p_arr).all()):
                 continue
             errors[f"{key[: -len(POINT_SUFFIX)]}_err_mm"] = float(np.linalg.norm(p_arr - g_arr))
-        elif isinstance(g, (int, float)) and isinstance(p, (int, float)):
+        elif isinstance(g, (int, float)) and isinstance(p, (int, float)) and _unit(key) in UNITS:
             if math.isfinite(g) and math.isfinite(p):
                 unit = _unit(key)
                 errors[f"{key[: -len(unit) - 1]}_err_{unit}"] = float(abs(float(p) - float(g)))

@@ -11,7 +11,7 @@ import numpy as np
 
 from xray3d.clinical.base import ClinicalError, clinical_errors
 
-__all__ = ["CLINICAL_STATUS", "measure_pair", "scalar_columns"]
+__all__ = ["CLINICAL_STATUS", "ClinicalMeasure", "measure_pair", "scalar_columns"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,25 @@ log = logging.getLogger(__name__)
 CLINICAL_STATUS = ("ok", "gt_failed", "pred_failed")
 
 Measure = Callable[..., dict[str, Any]]
+
+
+class ClinicalMeasure:
+    """A measurement with an alignment step for predictions (``conf/clinical/rib.yaml``).
+
+    Calling it measures like ``measure``; :func:`measure_pair` also calls ``align(gt, pred)`` on the two
+    measurements before comparing them (e.g. ribs are matched by position, not by their ordinal name).
+
+    Args:
+        measure: ``measure(mask, affine) -> dict``.
+        align: ``align(reference, other) -> other`` with keys renamed to the reference's, or None.
+    """
+
+    def __init__(self, measure: Measure, align: Callable[[dict, dict], dict] | None = None) -> None:
+        self.measure = measure
+        self.align = align
+
+    def __call__(self, mask: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+        return self.measure(mask, affine)
 
 
 def scalar_columns(measurement: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -72,6 +91,9 @@ def measure_pair(
     except ClinicalError as exc:
         row.update(clinical_status="pred_failed", clinical_reason=f"prediction: {exc}")
         return row, {**record, "clinical_status": row["clinical_status"], "clinical_reason": str(exc)}
+    align = getattr(measure, "align", None)
+    if align is not None:
+        pred_m = align(gt_m, pred_m)
     record["pred"] = pred_m
     errors = clinical_errors(gt_m, pred_m)
     record["errors"] = errors

@@ -302,3 +302,50 @@ def measure(mask: np.ndarray, affine: np.ndarray, **options: Any) -> dict[str, A
         out[f"{key}_posterior_end_xyz_mm"] = [float(v) for v in r.points[0]]
         out[f"{key}_anterior_end_xyz_mm"] = [float(v) for v in r.points[-1]]
     return out
+
+
+def _rib_names(measurement: dict[str, Any]) -> list[str]:
+    return sorted(
+        k[len("rib_") : -len("_posterior_end_xyz_mm")]
+        for k in measurement
+        if k.endswith("_posterior_end_xyz_mm")
+    )
+
+
+def align(reference: dict[str, Any], other: dict[str, Any], max_distance_mm: float = 20.0) -> dict[str, Any]:
+    """Rename the ribs of ``other`` (a prediction) to the ribs of ``reference`` (the ground truth) they are.
+
+    Ribs are numbered in order among the ribs *found*, so a prediction that misses rib 2 would call the
+    real rib 3 "L02" and every later rib would be compared with the wrong one. Here each rib of ``other`` is
+    matched to the reference rib of the same side whose posterior (vertebral) end is nearest (optimal
+    one-to-one assignment, :func:`scipy.optimize.linear_sum_assignment`); pairs further apart than
+    ``max_distance_mm`` stay unmatched and unmatched ribs of ``other`` are dropped, so per-rib errors are
+    computed only for ribs that are really the same. Cage-level values are kept unchanged.
+
+    Returns:
+        A copy of ``other`` with per-rib keys renamed to the matched reference names, plus
+        ``n_ribs_matched``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    out = {k: v for k, v in other.items() if not k.startswith("rib_")}
+    ref_names, oth_names = _rib_names(reference), _rib_names(other)
+    matched = 0
+    for side in ("L", "R"):
+        rs = [n for n in ref_names if n.startswith(side)]
+        os_ = [n for n in oth_names if n.startswith(side)]
+        if not rs or not os_:
+            continue
+        a = np.array([reference[f"rib_{n}_posterior_end_xyz_mm"] for n in rs], dtype=float)
+        b = np.array([other[f"rib_{n}_posterior_end_xyz_mm"] for n in os_], dtype=float)
+        cost = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2)
+        for i, j in zip(*linear_sum_assignment(cost), strict=True):
+            if cost[i, j] > max_distance_mm:
+                continue
+            matched += 1
+            prefix_src, prefix_dst = f"rib_{os_[j]}_", f"rib_{rs[i]}_"
+            for k, v in other.items():
+                if k.startswith(prefix_src):
+                    out[prefix_dst + k[len(prefix_src) :]] = v
+    out["n_ribs_matched"] = matched
+    return out
