@@ -73,8 +73,8 @@ def clinical_errors(gt: Mapping[str, object], pred: Mapping[str, object]) -> dic
     """Per-parameter error between two measurements of the same anatomy.
 
     Scalars with a unit of :data:`UNITS` give ``<name>_err_<unit>`` = |pred - gt|; points
-    (``<name>_xyz_mm``) give ``<name>_err_mm`` = Euclidean distance (same world frame, no alignment). Keys present in only one of the two, or
-    non-finite values, are skipped.
+    (``<name>_xyz_mm``) give ``<name>_err_mm`` = Euclidean distance (same world frame, no alignment).
+    Keys present in only one of the two, or non-finite values, are skipped.
     """
     errors: dict[str, float] = {}
     for key, g in gt.items():
