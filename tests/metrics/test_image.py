@@ -69,3 +69,21 @@ def test_bad_arguments():
         binary_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), 1.0)
     with pytest.raises(ValueError, match="spacing_mm"):
         binary_metrics(np.ones((4, 4, 4)), np.ones((4, 4, 4)), -1.0)
+
+
+def sphere(radius_mm: float, spacing: tuple[float, float, float], extent_mm: float = 64.0) -> np.ndarray:
+    """A ball of ``radius_mm`` centred in a box of ``extent_mm``, voxelised at ``spacing`` (physical space)."""
+    axes = [(np.arange(int(extent_mm / s)) + 0.5) * s - extent_mm / 2 for s in spacing]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    return x**2 + y**2 + z**2 <= radius_mm**2
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.0, 2.0)])
+def test_concentric_spheres_known_answer_in_mm(spacing):
+    gt, pred = sphere(20.0, spacing), sphere(24.0, spacing)  # every surface point is 4 mm from the other
+    r = binary_metrics(pred, gt, spacing, nsd_tolerance_mm=1.5)
+    assert r["dice"] == pytest.approx(2 * 20.0**3 / (20.0**3 + 24.0**3), abs=0.02)  # 0.733
+    assert r["hd95_mm"] == pytest.approx(4.0, abs=1.0)  # voxelised surfaces: within a voxel
+    assert r["asd_mm"] == pytest.approx(4.0, abs=0.75)  # measured between border voxels: 3.35-3.49
+    assert r["nsd"] < 0.1  # 4 mm apart, 1.5 mm tolerance
+    assert binary_metrics(pred, gt, spacing, nsd_tolerance_mm=5.0)["nsd"] > 0.95
