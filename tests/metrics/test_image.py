@@ -72,7 +72,7 @@ def test_bad_arguments():
 
 
 def sphere(radius_mm: float, spacing: tuple[float, float, float], extent_mm: float = 64.0) -> np.ndarray:
-    """A ball of ``radius_mm`` centred in a box of ``extent_mm``, voxelised at ``spacing`` (physical space)."""
+    """A ball of ``radius_mm`` centred in a box of ``extent_mm``, voxelised at ``spacing`` (mm)."""
     axes = [(np.arange(int(extent_mm / s)) + 0.5) * s - extent_mm / 2 for s in spacing]
     x, y, z = np.meshgrid(*axes, indexing="ij")
     return x**2 + y**2 + z**2 <= radius_mm**2
