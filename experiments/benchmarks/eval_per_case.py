@@ -9,7 +9,9 @@ and times in one process:
 
 * ``metrics``: :func:`xray3d.metrics.image.binary_metrics` (Dice, HD95, ASD, NSD in mm);
 * ``clinical``: the anatomy's ``measure`` (``conf/clinical/<anatomy>.yaml``) on GT and prediction and
-  their errors (:func:`xray3d.clinical.evaluate.measure_pair`);
+  their errors (:func:`xray3d.clinical.evaluate.measure_pair`); ``GT cached``: the same with the ground
+  truth's measurement read from :class:`~xray3d.clinical.cache.MeasurementCache` (every evaluation of a
+  test set after the first);
 * ``forward``: each model config's network (default unet, attention_unet, swinunetr; reference settings)
   on a batch of one at the same grid size, ``torch.no_grad``, after one warm-up pass.
 
@@ -93,7 +95,11 @@ def _seconds(fn, *args) -> float:
 
 
 def bench_eval(anatomy: str, repeats: int) -> dict:
-    """Median seconds of the image metrics and of the clinical parameters (GT + prediction) of one case."""
+    """Median seconds of the image metrics, of the clinical parameters (GT + prediction), and of the
+    clinical parameters with the ground truth's measurement already cached (a later evaluation)."""
+    import tempfile
+
+    from xray3d.clinical.cache import MeasurementCache
     from xray3d.clinical.cli import load_measure
     from xray3d.clinical.evaluate import measure_pair
     from xray3d.metrics.image import binary_metrics
@@ -102,10 +108,14 @@ def bench_eval(anatomy: str, repeats: int) -> dict:
     pred = fake_prediction(gt)
     measure = load_measure(anatomy)
     status = measure_pair(measure, gt, pred, affine)[0]["clinical_status"]  # also a warm-up
-    t = {"metrics": [], "clinical": []}
-    for _ in range(repeats):
-        t["metrics"].append(_seconds(binary_metrics, pred, gt, spacing))
-        t["clinical"].append(_seconds(measure_pair, measure, gt, pred, affine))
+    t = {"metrics": [], "clinical": [], "clinical_cached": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = MeasurementCache(tmp, measure)
+        cache(gt, affine)  # fill
+        for _ in range(repeats):
+            t["metrics"].append(_seconds(binary_metrics, pred, gt, spacing))
+            t["clinical"].append(_seconds(measure_pair, measure, gt, pred, affine))
+            t["clinical_cached"].append(_seconds(measure_pair, measure, gt, pred, affine, cache))
     return {"grid": gt.shape[0], "status": status, **{k: statistics.median(v) for k, v in t.items()}}
 
 
@@ -181,14 +191,22 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     print(f"torch threads {args.threads}, median of {args.repeats}; forward = no-grad, batch 1")
-    cols = ["anatomy", "grid", "metrics s", "clinical s (GT+pred)", "eval s"]
+    cols = ["anatomy", "grid", "metrics s", "clinical s (GT+pred)", "eval s", "eval s, GT cached"]
     cols += [f"{m} fwd s (eval/fwd)" for m in args.models] + ["clinical"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     fwd: dict[tuple[str, int], float] = {}
     for anatomy in args.anatomies:
         r = bench_eval(anatomy, args.repeats)
         grid, ev = r["grid"], r["metrics"] + r["clinical"]
-        cells = [anatomy, f"{grid}³", f"{r['metrics']:.3f}", f"{r['clinical']:.3f}", f"{ev:.3f}"]
+        cached = r["metrics"] + r["clinical_cached"]
+        cells = [
+            anatomy,
+            f"{grid}³",
+            f"{r['metrics']:.3f}",
+            f"{r['clinical']:.3f}",
+            f"{ev:.3f}",
+            f"{cached:.3f}",
+        ]
         for model in args.models:
             if (model, grid) not in fwd:
                 fwd[model, grid] = bench_forward(model, grid, args.repeats)

@@ -40,8 +40,8 @@ def _batch(shifts: list[int], start: int):
     return batch, {"pred": pred}
 
 
-def _run(tmp_path, measure, workers: int):
-    dm = SimpleNamespace(clinical=measure, group_by=("grp",), anatomy="toy")
+def _run(tmp_path, measure, workers: int, data_dir=None):
+    dm = SimpleNamespace(clinical=measure, group_by=("grp",), anatomy="toy", data_dir=data_dir)
     trainer = SimpleNamespace(datamodule=dm, loggers=[])
     rows = [
         {"sample_id": f"c{i}", "dice": 0.9 - 0.1 * i, "hd95_mm": float(i), "asd_mm": 0.5, "nsd": 0.8}
@@ -86,3 +86,23 @@ def test_no_clinical_measurement_without_a_datamodule_measure(tmp_path):
     df, _ = _run(tmp_path, None, workers=1)
     assert "clinical_status" not in df and not (tmp_path / "metrics" / "clinical.jsonl").exists()
     assert np.isclose(df["dice"].iloc[0], 0.9)
+
+
+CALLS: list[int] = []
+
+
+def counting_measure(mask, affine):
+    CALLS.append(int(mask.sum()))
+    return centre_measure(mask, affine)
+
+
+def test_ground_truth_measurements_are_cached_in_the_data_dir(tmp_path):
+    CALLS.clear()
+    df1, cb = _run(tmp_path / "a", counting_measure, workers=0, data_dir=tmp_path / "data")
+    n_first = len(CALLS)  # 4 predictions + the 4 identical ground truths measured once (then cached)
+    df2, _ = _run(tmp_path / "b", counting_measure, workers=0, data_dir=tmp_path / "data")
+    assert n_first == 5 and len(CALLS) - n_first == 4  # second evaluation: predictions only
+    assert df1["centre_err_mm"].equals(df2["centre_err_mm"])
+    assert len(list((tmp_path / "data" / ".clinical_cache").rglob("*.json"))) == 1
+    summary = json.loads((tmp_path / "b" / "metrics" / "summary.json").read_text())
+    assert summary["clinical_gt_cache"].startswith(str(tmp_path / "data" / ".clinical_cache"))

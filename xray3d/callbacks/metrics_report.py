@@ -15,6 +15,7 @@ import pandas as pd
 from lightning.pytorch.loggers import WandbLogger
 
 from xray3d.baselines import mean_shape
+from xray3d.clinical.cache import MeasurementCache
 from xray3d.clinical.evaluate import measure_pair
 from xray3d.data.io import write_csv_atomic, write_json_atomic, write_text_atomic
 from xray3d.metrics.evaluation_report import write_evaluation_report
@@ -68,6 +69,9 @@ class MetricsReport(L.Callback):
         n_boot: bootstrap resamples of the CIs.
         workers: background processes measuring the clinical parameters while the model predicts the
             next batches (0 = measure inline). A case whose worker dies is measured inline instead.
+        gt_cache: keep the ground truths' clinical measurements in ``<data_dir>/.clinical_cache``
+            (:class:`~xray3d.clinical.cache.MeasurementCache`): later evaluations of the same test set
+            measure only the predictions.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class MetricsReport(L.Callback):
         plots: bool = True,
         n_boot: int = 1000,
         workers: int = 0,
+        gt_cache: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir) / "metrics"
         self.config_digest = config_digest
@@ -91,6 +96,8 @@ class MetricsReport(L.Callback):
         if workers < 0:
             raise ValueError(f"callbacks.metrics_report.workers must be >= 0, got {workers}")
         self.workers = int(workers)
+        self.gt_cache = gt_cache
+        self._gt_measure: MeasurementCache | None = None
         self._clinical_rows: dict[str, dict] = {}
         self._clinical_records: list[dict] = []
         self._pool: ProcessPoolExecutor | None = None
@@ -102,6 +109,10 @@ class MetricsReport(L.Callback):
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._clinical_rows, self._clinical_records, self._pending = {}, [], []
+        measure, data_dir = self._measure(trainer), getattr(trainer.datamodule, "data_dir", None)
+        self._gt_measure = None
+        if measure is not None and self.gt_cache and data_dir is not None:
+            self._gt_measure = MeasurementCache(Path(data_dir) / ".clinical_cache", measure)
         if self.workers > 0 and self._measure(trainer) is not None:
             # spawn: never fork a process that holds torch's thread pools (and maybe CUDA)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -143,7 +154,7 @@ class MetricsReport(L.Callback):
                 affine = batch["affine"][i].detach().cpu().double().numpy()
             else:  # a PIR grid at the sample's spacing (world = ROI frame)
                 affine = np.diag([float(batch["spacing_mm"][i])] * 3 + [1.0])
-            args = (measure, gt[i, 0], pred[i, 0], affine)
+            args = (measure, gt[i, 0], pred[i, 0], affine, self._gt_measure)
             if self._pool is not None:
                 self._pending.append((str(sid), args, self._pool.submit(measure_pair, *args)))
             else:
@@ -199,6 +210,7 @@ class MetricsReport(L.Callback):
             "clinical": report["clinical"],
             "dice_vs_clinical": report["dice_vs_clinical"],
             "subgroups_flagged": [r for r in report["subgroups"] if r["flag"]],
+            "clinical_gt_cache": str(self._gt_measure.dir) if self._gt_measure is not None else None,
             "per_case_csv": str(self.output_dir / "per_case.csv"),
             "files": report["paths"],
         }

@@ -60,7 +60,11 @@ def _measure(measure: Measure, mask: np.ndarray, affine: np.ndarray) -> dict[str
 
 
 def measure_pair(
-    measure: Measure, gt: np.ndarray, pred: np.ndarray, affine: np.ndarray
+    measure: Measure,
+    gt: np.ndarray,
+    pred: np.ndarray,
+    affine: np.ndarray,
+    gt_measure: Measure | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Measure the clinical parameters on a ground-truth and a predicted mask of one case.
 
@@ -69,6 +73,8 @@ def measure_pair(
         gt: ground-truth binary mask.
         pred: predicted binary mask on the same grid.
         affine: voxel-to-world matrix (mm) of that grid.
+        gt_measure: measurement used for the ground truth (e.g. a
+            :class:`~xray3d.clinical.cache.MeasurementCache` of ``measure``); default ``measure``.
 
     Returns:
         ``(row, record)``: ``row`` holds ``clinical_status`` (:data:`CLINICAL_STATUS`), ``clinical_reason``,
@@ -80,7 +86,7 @@ def measure_pair(
     affine = np.asarray(affine, dtype=float)
     record: dict[str, Any] = {"gt": None, "pred": None, "errors": {}}
     try:
-        gt_m = _measure(measure, gt, affine)
+        gt_m = _measure(gt_measure or measure, gt, affine)
     except ClinicalError as exc:
         row = {"clinical_status": "gt_failed", "clinical_reason": f"ground truth: {exc}"}
         return row, {**record, **row}
