@@ -39,3 +39,18 @@ def test_bad_view_name(short_ckpt, tmp_path, embedded_small):
     )
     with pytest.raises(ValueError, match="views"):
         robustness.run(cfg)
+
+
+def test_robustness_is_mirrored_to_wandb_offline(short_ckpt, tmp_path, embedded_small, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "rob_wandb"
+    cfg = compose_cfg(
+        "robustness", [f"ckpt_path={short_ckpt}", "angles_deg=[0,5]", "logger=wandb"], out, embedded_small
+    )
+    robustness.run(cfg)
+    runs = list(out.glob("wandb/offline-run-*"))
+    assert runs, "no offline W&B run written"
+    media = runs[0] / "files" / "media"
+    assert list(media.glob("images/robustness/curve_*.png"))
+    assert list(media.glob("table/robustness/per_case_*.table.json"))
+    assert list(media.glob("table/robustness/table_*.table.json"))
