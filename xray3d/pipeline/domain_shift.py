@@ -31,6 +31,7 @@ from xray3d.metrics.plots import box_plot
 from xray3d.metrics.report import clinical_table, error_columns, summary_table, to_latex, to_markdown
 from xray3d.pipeline import evaluate
 from xray3d.pipeline.train import CONF_DIR
+from xray3d.utils.instantiate import mirror_to_wandb
 
 __all__ = ["run", "main"]
 
@@ -88,8 +89,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> pd.DataFrame:
     targets = list(cfg.targets or [])
     if not targets:
         raise ValueError("targets is empty: name at least one data config, e.g. targets=[ctpelvic1k]")
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     if overrides is None:
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
     passthrough = _passthrough(overrides)
     root = Path(cfg.paths.output_dir)
     train_cfg_path = evaluate._train_config_of(ckpt)
@@ -140,7 +142,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> pd.DataFrame:
         )
     if error_columns(df):
         write_text_atomic(to_markdown(clinical_table(df, ("domain",))), out / "clinical.md")
-    box_plot(df, metrics, out / "boxplot.png", by="domain", title=f"domain shift: {ckpt.name}")
+    box = box_plot(df, metrics, out / "boxplot.png", by="domain", title=f"domain shift: {ckpt.name}")
+    mirror_to_wandb(
+        cfg, {"domain_shift/per_case": df, "domain_shift/table": table}, {"domain_shift/boxplot": box}
+    )
     print(to_markdown(table))
     print(f"domain-shift results: {out}")
     return df

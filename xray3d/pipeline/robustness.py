@@ -21,7 +21,6 @@ from pathlib import Path
 import hydra
 import pandas as pd
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xray3d.data.io import write_csv_atomic, write_text_atomic
@@ -30,7 +29,7 @@ from xray3d.metrics.plots import robustness_curve
 from xray3d.metrics.report import summary_table, to_latex, to_markdown
 from xray3d.pipeline.evaluate import _train_config_of, train_choice
 from xray3d.pipeline.train import CONF_DIR
-from xray3d.utils.instantiate import instantiate_list, save_run_info
+from xray3d.utils.instantiate import mirror_to_wandb, save_run_info
 
 __all__ = ["run", "main", "VIEW_INDEX"]
 
@@ -108,26 +107,10 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         title=f"angle perturbation: {ckpt.name}",
         seed=cfg.seed,
     )
-    _to_wandb(cfg, df, table, curve)
+    mirror_to_wandb(cfg, {"robustness/per_case": df, "robustness/table": table}, {"robustness/curve": curve})
     print(to_markdown(table))
     print(f"robustness results: {out}")
     return df
-
-
-def _to_wandb(cfg: DictConfig, df: pd.DataFrame, table: pd.DataFrame, curve: Path) -> None:
-    """Mirror the per-case rows, the per-angle table and the curve to the configured W&B logger, if any."""
-    loggers = [lg for lg in instantiate_list(cfg.get("logger"), "logger") if isinstance(lg, WandbLogger)]
-    if not loggers:
-        return
-    import wandb
-
-    try:
-        for lg in loggers:
-            lg.log_table(key="robustness/per_case", dataframe=df)
-            lg.log_table(key="robustness/table", dataframe=table)
-            lg.experiment.log({"robustness/curve": wandb.Image(str(curve))})
-    finally:
-        wandb.finish()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="robustness")

@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["instantiate_list", "config_digest", "save_run_info", "log_hyperparameters"]
+__all__ = ["instantiate_list", "config_digest", "save_run_info", "log_hyperparameters", "mirror_to_wandb"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +61,27 @@ def log_hyperparameters(cfg: DictConfig, model, loggers: list) -> None:
     params["config_digest"] = config_digest(cfg)
     for logger in loggers:
         logger.log_hyperparams(params)
+
+
+def mirror_to_wandb(cfg: DictConfig, tables: dict, images: dict) -> bool:
+    """Log tables (``key -> DataFrame``) and PNGs (``key -> path``) to the W&B logger of ``cfg.logger``.
+
+    For commands that run outside a Lightning fit/test (robustness, domain shift): the files on disk are the
+    primary copy, W&B (offline by default) the mirror. Returns True when a W&B logger was configured.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers = [lg for lg in instantiate_list(cfg.get("logger"), "logger") if isinstance(lg, WandbLogger)]
+    if not loggers:
+        return False
+    import wandb
+
+    try:
+        for lg in loggers:
+            for key, df in tables.items():
+                lg.log_table(key=key, dataframe=df)
+            if images:
+                lg.experiment.log({key: wandb.Image(str(path)) for key, path in images.items()})
+    finally:
+        wandb.finish()
+    return True
