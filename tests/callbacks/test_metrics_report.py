@@ -106,3 +106,9 @@ def test_ground_truth_measurements_are_cached_in_the_data_dir(tmp_path):
     assert len(list((tmp_path / "data" / ".clinical_cache").rglob("*.json"))) == 1
     summary = json.loads((tmp_path / "b" / "metrics" / "summary.json").read_text())
     assert summary["clinical_gt_cache"].startswith(str(tmp_path / "data" / ".clinical_cache"))
+
+
+def test_ground_truth_cache_works_from_background_workers(tmp_path):
+    df, _ = _run(tmp_path / "a", centre_measure, workers=1, data_dir=tmp_path / "data")
+    assert df["centre_err_mm"].tolist()[:3] == pytest.approx([2.0, 4.0, 6.0])
+    assert len(list((tmp_path / "data" / ".clinical_cache").rglob("*.json"))) == 1  # written by a worker
