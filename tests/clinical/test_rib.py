@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -157,10 +155,7 @@ def test_real_s0046_rib_cage():
     affine = img.affine.copy()
     affine[:3, :3] *= 2.5 / 1.5
     mask = np.asanyarray(img.dataobj)
-    start = time.perf_counter()
     ribs = rib_centrelines(mask, affine)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0
     assert [r.name for r in ribs] == [f"{s}{n:02d}" for s in "LR" for n in range(1, 13)]
     for rib in ribs:
         assert rib.chord_mm < rib.arc_mm

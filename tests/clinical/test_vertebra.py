@@ -229,14 +229,8 @@ def test_real_verse_levels_t9_to_l5():
     assert np.all(np.diff(z) < -15), "body centres must descend level by level"
 
 
-def test_runs_fast_on_a_128_cube():
-    """Evaluation measures every case: a 128^3 mask must take well under a second (~0.2 s here)."""
-    import time
-
+def test_measures_a_128_cube():
+    """The ROI size evaluation sees (timing: experiments/benchmarks/eval_per_case.py, not a unit test)."""
     mask, affine, expected = synthetic_vertebra(rotation=_rotation(10.0, -15.0, 5.0))
     mask = mask[6:134, 6:134, 6:134]
-    measure(mask, affine)  # warm-up (imports, caches)
-    start = time.perf_counter()
-    result = measure(mask, affine)
-    assert time.perf_counter() - start < 1.0
-    _check(result, expected)
+    _check(measure(mask, affine), expected)
