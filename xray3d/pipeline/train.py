@@ -86,6 +86,18 @@ def print_report(paths: dict, callbacks: list) -> None:
             if summary.get("baseline"):
                 text += f" | mean-shape baseline dice={summary['baseline']['baseline_dice']['mean']:.4f}"
             lines.append(text)
+            clin = summary.get("clinical") or {}
+            if clin:
+                text = f"  clinical: measured {clin['n_measured']}/{clin['n_cases']}"
+                text += (
+                    f" (prediction failed {clin['n_pred_failed']}, ground truth failed {clin['n_gt_failed']})"
+                )
+                lines.append(text + "; tables, subgroups and plots in metrics/")
+            for r in summary.get("subgroups_flagged") or []:
+                lines.append(
+                    f"  flagged subgroup {r['group_by']}={r['group']}: {r['metric']} mean {r['mean']:.3f} "
+                    f"vs {r['aggregate_mean']:.3f} over all cases (n={r['n']})"
+                )
     lines.append("=" * 72)
     print("\n".join(lines), flush=True)
 
