@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.xray3d-env
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help env prepare train test test-slow test-all lint format bench clean
+.PHONY: help env prepare train test test-slow test-all lint format bench bench-eval bench-prepare clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ format: env  ## ruff autofix + format
 
 bench: prepare  ## DRR renderer vs ITK benchmark (ms per DRR, NCC)
 	$(PY) experiments/benchmarks/drr_vs_itk.py
+
+bench-eval: env  ## evaluation time per case (metrics + clinical) vs model forward passes
+	$(PY) experiments/benchmarks/eval_per_case.py --repeats 3 --models unet attention_unet
+
+bench-prepare: env  ## dataset preparation throughput per worker count on the real-format fixtures
+	$(PY) experiments/benchmarks/prepare_throughput.py --workers 1 2 --copies 6 --repeat 2
 
 clean:  ## remove run outputs (keeps the environment and prepared data)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache
