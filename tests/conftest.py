@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,14 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path, data_d
             cfg.data.data_dir = str(data_dir)
             cfg.data.prepare = None
     return cfg
+
+
+def run_python(args: list[str], cwd: Path, timeout: float = 500) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` as a user would (W&B disabled, logs under ``<cwd>/logs``), capturing output."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "XRAY3D_LOG_DIR": str(cwd / "logs")}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,22 +10,15 @@ import pytest
 from xray3d.pipeline import domain_shift
 from xray3d.pipeline.aggregate import aggregate
 
-from ..conftest import compose_cfg
+from ..conftest import compose_cfg, run_python
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _run(module_args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "XRAY3D_LOG_DIR": str(tmp_path / "logs")}
-    return subprocess.run(
-        [sys.executable, *module_args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400
-    )
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, embedded_small) -> Path:
     tmp = tmp_path_factory.mktemp("ds")
-    res = _run(
+    res = run_python(
         [
             str(ROOT / "train.py"),
             "debug=limit",
@@ -45,7 +35,7 @@ def trained_run(tmp_path_factory, embedded_small) -> Path:
 
 def test_domain_shift_cli_side_by_side_then_aggregate(trained_run, embedded_small, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    res = _run(
+    res = run_python(
         [
             "-m",
             "xray3d.pipeline.domain_shift",

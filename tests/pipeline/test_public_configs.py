@@ -3,9 +3,6 @@ domain on a prepared RSNA-format fixture (`xray3d-domain-shift ... targets=[rsna
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,14 +12,9 @@ from xray3d.data.rsna import prepare_rsna
 from xray3d.data.verse import prepare_verse
 from xray3d.testing import FixtureUnavailable
 
+from ..conftest import run_python
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "XRAY3D_LOG_DIR": str(cwd / "logs")}
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=500
-    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,7 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
 def test_train_on_verse2019_then_domain_shift_to_rsna(prepared, tmp_path):
     verse = pd.read_csv(prepared["verse"] / "manifest.csv")
     assert set(verse["split"]) == {"train", "val", "test"}
-    res = _run(
+    res = run_python(
         [
             str(ROOT / "train.py"),
             "data=verse2019",
@@ -64,7 +56,7 @@ def test_train_on_verse2019_then_domain_shift_to_rsna(prepared, tmp_path):
     assert len(per_case) == (verse["split"] == "test").sum()
     assert {"level_group", "fracture_grade", "clinical_status"} <= set(per_case.columns)
 
-    res = _run(
+    res = run_python(
         [
             "-m",
             "xray3d.pipeline.domain_shift",

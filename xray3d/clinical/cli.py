@@ -25,9 +25,9 @@ import hydra
 import numpy as np
 from omegaconf import OmegaConf
 
+from xray3d import CONF_DIR
 from xray3d.clinical.base import ClinicalError
 from xray3d.data.io import DataError, load_nifti, write_text_atomic
-from xray3d.pipeline.train import CONF_DIR
 
 __all__ = ["anatomies", "load_measure", "measure_file", "main"]
 

@@ -16,8 +16,17 @@ from xray3d.data.io import DataError
 __all__ = ["add_prepare_arguments", "run_prepare"]
 
 
-def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every preparation command has: workers, force, split seed, imported split lists."""
+def add_prepare_arguments(parser: argparse.ArgumentParser, raw_help: str, out_example: str) -> None:
+    """Options every preparation command has: raw and output folders, workers, force, split seed and
+    imported split lists.
+
+    Args:
+        parser: the command's parser.
+        raw_help: what ``--raw`` must point at.
+        out_example: an example output folder for ``--out``'s help.
+    """
+    parser.add_argument("--raw", required=True, help=raw_help)
+    parser.add_argument("--out", required=True, help=f"output cache directory, e.g. {out_example}")
     parser.add_argument("--workers", type=int, default=1, help="worker processes [default: 1]")
     parser.add_argument("--force", action="store_true", help="redo every sample")
     parser.add_argument("--split-seed", type=int, default=12345, help="split random state [default: 12345]")

@@ -395,9 +395,7 @@ def prepare_ctpelvic1k(
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``xray3d-prepare-ctpelvic1k --raw RAW --out OUT [--workers N] [--split reference]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--raw", required=True, help="folder with the extracted CTPelvic1K files")
-    parser.add_argument("--out", required=True, help="output cache directory, e.g. data/ctpelvic1k")
-    add_prepare_arguments(parser)
+    add_prepare_arguments(parser, "folder with the extracted CTPelvic1K files", "data/ctpelvic1k")
     parser.add_argument(
         "--split",
         choices=SPLIT_MODES,

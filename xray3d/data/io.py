@@ -70,19 +70,6 @@ def save_nifti_atomic(img: nib.Nifti1Image, path: str | Path) -> None:
             os.unlink(tmp)
 
 
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write a text file atomically."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     """Write a binary file (e.g. a PNG) atomically."""
     path = Path(path)
@@ -94,6 +81,11 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write a UTF-8 text file atomically."""
+    write_bytes_atomic(text.encode("utf-8"), path)
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> None:

@@ -583,11 +583,9 @@ def prepare_rsna(
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``xray3d-prepare-rsna --raw RAW --out OUT [--workers N] [--ignore-seg-affine]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--raw", required=True, help="unzipped competition data (train_images/, segmentations/)"
+    add_prepare_arguments(
+        parser, "unzipped competition data (train_images/, segmentations/)", "data/rsna_cervical"
     )
-    parser.add_argument("--out", required=True, help="output cache directory, e.g. data/rsna_cervical")
-    add_prepare_arguments(parser)
     parser.add_argument(
         "--ignore-seg-affine",
         action="store_true",

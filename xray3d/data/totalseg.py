@@ -410,9 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m xray3d.data.totalseg --task femur --raw RAW --out OUT [--workers N]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=sorted(TASK_STRUCTURES))
-    parser.add_argument("--raw", required=True, help="folder of TotalSegmentator subject folders (sXXXX/)")
-    parser.add_argument("--out", required=True, help="output cache directory, e.g. data/totalseg_femur")
-    add_prepare_arguments(parser)
+    add_prepare_arguments(parser, "folder of TotalSegmentator subject folders (sXXXX/)", "data/totalseg_femur")
     args = parser.parse_args(argv)
     return run_prepare(
         lambda: prepare_totalseg(

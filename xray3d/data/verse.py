@@ -556,11 +556,9 @@ def prepare_verse(
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m xray3d.data.verse --raw RAW --out OUT [--workers N] [--fracture-table CSV]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--raw", required=True, help="VerSe 2019 folder (rawdata/ + derivatives/, flat, or pre-BIDS names)"
+    add_prepare_arguments(
+        parser, "VerSe 2019 folder (rawdata/ + derivatives/, flat, or pre-BIDS names)", "data/verse2019"
     )
-    parser.add_argument("--out", required=True, help="output cache directory, e.g. data/verse2019")
-    add_prepare_arguments(parser)
     parser.add_argument(
         "--fracture-table",
         default=None,

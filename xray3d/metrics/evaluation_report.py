@@ -34,8 +34,8 @@ from xray3d.metrics.report import (
     error_columns,
     metric_vs_errors,
     summary_table,
-    to_latex,
     to_markdown,
+    write_table,
 )
 
 __all__ = ["write_evaluation_report", "SUBGROUP_METRICS"]
@@ -91,9 +91,8 @@ def write_evaluation_report(
 
     if tables:
         table = summary_table(df, group_cols=tuple(labels), metrics=metrics, n_boot=n_boot, seed=seed)
-        write_text_atomic(to_markdown(table), out / "table.md")
-        write_text_atomic(to_latex(table), out / "table.tex")
-        paths.update(table_md=str(out / "table.md"), table_tex=str(out / "table.tex"))
+        md, tex = write_table(table, out / "table")
+        paths.update(table_md=str(md), table_tex=str(tex))
 
     sub_rows = []
     for col in group_by:

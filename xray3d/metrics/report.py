@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from xray3d.data.io import write_text_atomic
 
 __all__ = [
     "bootstrap_ci",
@@ -29,6 +32,7 @@ __all__ = [
     "summary_table",
     "to_markdown",
     "to_latex",
+    "write_table",
     "disaggregate",
     "error_columns",
     "clinical_summary",
@@ -231,6 +235,15 @@ def to_latex(table: pd.DataFrame) -> str:
         )
         + "\n"
     )
+
+
+def write_table(table: pd.DataFrame, stem: str | Path) -> tuple[Path, Path]:
+    """Write ``table`` as ``<stem>.md`` and ``<stem>.tex`` (markdown and LaTeX), atomically."""
+    stem = Path(stem)
+    md, tex = stem.with_suffix(".md"), stem.with_suffix(".tex")
+    write_text_atomic(to_markdown(table), md)
+    write_text_atomic(to_latex(table), tex)
+    return md, tex
 
 
 def disaggregate(

@@ -42,8 +42,8 @@ from xray3d.metrics.report import (
     metric_vs_errors,
     summary_stats,
     summary_table,
-    to_latex,
     to_markdown,
+    write_table,
 )
 
 __all__ = ["aggregate", "find_runs", "main"]
@@ -142,8 +142,7 @@ def aggregate(root: str | Path, out_dir: str | Path | None = None, n_boot: int =
         metrics = [m for m in METRIC_KEYS if m in df]
         table = summary_table(df, group_cols=("anatomy", "model"), metrics=metrics, n_boot=n_boot, seed=seed)
         write_csv_atomic(table, out / "benchmark_table.csv")
-        write_text_atomic(to_markdown(table), out / "benchmark_table.md")
-        write_text_atomic(to_latex(table), out / "benchmark_table.tex")
+        write_table(table, out / "benchmark_table")
         files.update(
             benchmark_md=str(out / "benchmark_table.md"), benchmark_tex=str(out / "benchmark_table.tex")
         )

@@ -25,12 +25,18 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from xray3d import CONF_DIR
 from xray3d.data.io import write_csv_atomic, write_text_atomic
 from xray3d.metrics.image import METRIC_KEYS
 from xray3d.metrics.plots import box_plot
-from xray3d.metrics.report import clinical_table, error_columns, summary_table, to_latex, to_markdown
+from xray3d.metrics.report import (
+    clinical_table,
+    error_columns,
+    summary_table,
+    to_markdown,
+    write_table,
+)
 from xray3d.pipeline import evaluate
-from xray3d.pipeline.train import CONF_DIR
 from xray3d.utils.instantiate import mirror_to_wandb
 
 __all__ = ["run", "main"]
@@ -129,8 +135,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> pd.DataFrame:
     write_csv_atomic(df, out / "per_case.csv")
     metrics = [m for m in METRIC_KEYS if m in df]
     table = summary_table(df, group_cols=("domain",), metrics=metrics, seed=cfg.seed)
-    write_text_atomic(to_markdown(table), out / "table.md")
-    write_text_atomic(to_latex(table), out / "table.tex")
+    write_table(table, out / "table")
     sub_tables = []
     for col in sorted(group_cols):
         if col in df and df[col].notna().any():

@@ -23,12 +23,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xray3d.data.io import write_csv_atomic, write_text_atomic
+from xray3d import CONF_DIR
+from xray3d.data.io import write_csv_atomic
 from xray3d.metrics.image import binary_metrics
 from xray3d.metrics.plots import robustness_curve
-from xray3d.metrics.report import summary_table, to_latex, to_markdown
+from xray3d.metrics.report import summary_table, to_markdown, write_table
 from xray3d.pipeline.evaluate import _train_config_of, train_choice
-from xray3d.pipeline.train import CONF_DIR
 from xray3d.utils.instantiate import mirror_to_wandb, save_run_info
 
 __all__ = ["run", "main", "VIEW_INDEX"]
@@ -98,8 +98,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     out = Path(cfg.paths.output_dir) / "robustness"
     write_csv_atomic(df, out / "per_case.csv")
     table = summary_table(df, group_cols=("angle_deg",), seed=cfg.seed)
-    write_text_atomic(to_markdown(table), out / "table.md")
-    write_text_atomic(to_latex(table), out / "table.tex")
+    write_table(table, out / "table")
     curve = robustness_curve(
         df,
         out / "curve.png",

@@ -45,10 +45,10 @@ import pandas as pd
 
 from xray3d.clinical.cli import load_measure
 from xray3d.clinical.evaluate import measure_pair
-from xray3d.data.io import DataError, load_nifti, write_csv_atomic, write_json_atomic, write_text_atomic
+from xray3d.data.io import DataError, load_nifti, write_csv_atomic, write_json_atomic
 from xray3d.metrics.evaluation_report import write_evaluation_report
 from xray3d.metrics.image import CONVENTIONS, binary_metrics, metric_keys
-from xray3d.metrics.report import describe, summary_table, to_latex, to_markdown
+from xray3d.metrics.report import describe, summary_table, write_table
 
 __all__ = ["main", "case_name", "match_files", "score_folder"]
 
@@ -298,8 +298,7 @@ def score_folder(
     summary["files"] = report["paths"]
     write_csv_atomic(df, out_dir / "per_case.csv")
     write_json_atomic(_jsonable(summary), out_dir / "summary.json")
-    write_text_atomic(to_markdown(table), out_dir / "table.md")
-    write_text_atomic(to_latex(table), out_dir / "table.tex")
+    write_table(table, out_dir / "table")
     return summary
 
 

@@ -9,13 +9,13 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from xray3d import CONF_DIR
 from xray3d.callbacks.metrics_report import MetricsReport
 from xray3d.utils.instantiate import config_digest, instantiate_list, log_hyperparameters, save_run_info
 
 __all__ = ["run", "main", "CONF_DIR"]
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def build(cfg: DictConfig) -> dict:

@@ -25,8 +25,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from xray3d import CONF_DIR
 from xray3d.pipeline import train
-from xray3d.pipeline.train import CONF_DIR
 
 __all__ = ["STAGES", "compose_stage", "run", "main"]
 
