@@ -1,5 +1,8 @@
 """Image metrics in physical units (DeepMind surface-distance, surfel-area weighted).
 
+Surface distances come from :func:`xray3d.metrics.surface.surface_distances` (identical output to
+surface-distance's ``compute_surface_distances``, about 2x faster); the metrics are the library's.
+
 * ``dice``: volume overlap.
 * ``hd95_mm``: symmetric 95th-percentile Hausdorff distance (max of the two directed robust distances).
 * ``asd_mm``: average symmetric surface distance: the mean of the two directed average distances.
@@ -29,6 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import surface_distance as sd
+
+from xray3d.metrics.surface import surface_distances
 
 __all__ = ["binary_metrics", "METRIC_KEYS", "CONVENTIONS", "metric_keys"]
 
@@ -101,7 +106,7 @@ def binary_metrics(
     if empty_pred or empty_gt:
         out.update(dice=0.0, hd95_mm=math.inf, asd_mm=math.inf, nsd=0.0)
         return out
-    dists = sd.compute_surface_distances(gt, pred, spacing)
+    dists = surface_distances(gt, pred, spacing)  # == sd.compute_surface_distances, faster
     gt_to_pred, pred_to_gt = sd.compute_average_surface_distance(dists)
     out.update(
         dice=float(sd.compute_dice_coefficient(gt, pred)),
