@@ -170,22 +170,24 @@ def _head_fit(
     final_band = max(1.5, 1.5 * h)
     c, r = centre, radius
     sel = np.zeros(len(surface), dtype=bool)
-    for _ in range(6):
+    for it in range(6):
         d = surface - c
         dist = np.linalg.norm(d, axis=1)
         outside_cone = (d @ neck_dir) < cos_cone * dist
         sel = outside_cone & (np.abs(dist - r) < band)
         if sel.sum() < 50:
             raise ClinicalError("no spherical femoral head surface found near the expected head position")
-        c, r, _ = fit_sphere(surface[sel], c, r, min_scale=0.3 * h)
+        # the intermediate fits only choose the next band: 0.01 mm is precise enough for them
+        c, r, _ = fit_sphere(surface[sel], c, r, min_scale=0.3 * h, tol_mm=1e-4 if it == 5 else 1e-2)
         band = max(final_band, 0.6 * band)
     return c, r, sel
 
 
 def _neck_direction(points: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
     """Unit direction from the head centre to the centroid of the bone in a shell just outside the head."""
-    dist = np.linalg.norm(points - centre, axis=1)
-    shell = (dist > 1.05 * radius) & (dist < 1.05 * radius + 12.0)
+    rel = points - centre
+    dist2 = np.einsum("ij,ij->i", rel, rel)
+    shell = (dist2 > (1.05 * radius) ** 2) & (dist2 < (1.05 * radius + 12.0) ** 2)
     if shell.sum() < 10:
         raise ClinicalError("the femoral head is not attached to a neck (isolated sphere-like blob)")
     return unit(points[shell].mean(0) - centre)
@@ -209,15 +211,19 @@ def _neck_axis(
     q = centre
     a_min = 0.0
     foot = shaft[0] + ((centre - shaft[0]) @ shaft[1]) * shaft[1]  # head centre projected on the axis
+    # every slab below lies within this ball around the head centre: select its points once
+    reach = np.hypot(max(float(np.linalg.norm(foot - centre)), radius + 5.0), 1.1 * radius)
+    rel = points - centre
+    rel2 = np.einsum("ij,ij->i", rel, rel)
+    inside = rel2 < reach**2
+    points, rel, rel2 = points[inside], rel[inside], rel2[inside]
     for _ in range(4):
         t_max = max((foot - centre) @ d, radius + 5.0)  # the neck ends at the diaphysis axis
-        rel = points - centre
         t = rel @ d
-        radial = np.linalg.norm(rel - np.outer(t, d), axis=1)
-        sel = (t > 0.3 * radius) & (t < t_max) & (radial < 1.1 * radius)
+        sel = (t > 0.3 * radius) & (t < t_max) & (rel2 - t * t < (1.1 * radius) ** 2)
         if sel.sum() < 20:
             raise ClinicalError("femoral neck not found between the head and the shaft")
-        tpos, areas, cents, counts = _slice_stats(points[sel], centre, d, width, vol)
+        _, areas, cents, counts = _slice_stats(points[sel], centre, d, width, vol)
         smooth = np.convolve(areas, np.ones(3) / 3, mode="same")
         valid = counts > 0
         valid[:1] = valid[-1:] = False  # ends of the search range are partial slices
@@ -230,7 +236,6 @@ def _neck_axis(
         run = lab == lab[i_min]
         q = (cents[run] * counts[run, None]).sum(0) / counts[run].sum()
         d = unit(q - centre)
-        del tpos
     return q, d, a_min
 
 
@@ -298,8 +303,8 @@ def measure(
     idx = np.argwhere(crop) // 2
     edt_vals = edt[tuple(idx.T)]
     thick = points[int(np.argmax(edt_vals))]
-    far = np.linalg.norm(points - thick, axis=1)
-    distal = points[int(np.argmax(far))]
+    rel = points - thick
+    distal = points[int(np.argmax(np.einsum("ij,ij->i", rel, rel)))]
 
     # 3. diaphysis axis (direction pointing distally): tube axis from the normals, then slice centroids
     surf_vox, normals = _surface_normals(crop, crop_aff)
@@ -312,9 +317,10 @@ def measure(
     i_seed = int(np.argmax(reach))
     c0, r0 = points[cand][i_seed], float(edt_vals[cand][i_seed])
     neck_dir = _neck_direction(points, c0, r0)
-    near = np.linalg.norm(points - c0, axis=1) < 2.0 * r0 + 60.0
-    points_near = points[near]
-    surface = surface[np.linalg.norm(surface - c0, axis=1) < 2.0 * r0 + 20.0]
+    rel = points - c0
+    points_near = points[np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 60.0) ** 2]
+    rel = surface - c0
+    surface = surface[np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 20.0) ** 2]
     centre, radius, _ = _head_fit(surface, c0, r0, neck_dir, 55.0, h)
     neck_dir = _neck_direction(points_near, centre, radius)
     neck_centre, neck_dir, neck_area = _neck_axis(

@@ -106,12 +106,16 @@ def _ischial_spines(
         sel = (q[:, 2] >= z_lo) & (q[:, 2] <= z_hi) & ((q[:, 0] > 0) == right)
         if sel.sum() < 10:
             raise ClinicalError("no ischium found between the pubis and the ASIS level on one side")
-        band = np.zeros_like(crop)
-        band[tuple(idx[sel].T)] = True
+        # the band in its own bounding box (+1 background voxel), not in the whole crop
+        lo = idx[sel].min(0) - 1
+        band = np.zeros(tuple(idx[sel].max(0) - lo + 2), dtype=bool)
+        band[tuple((idx[sel] - lo).T)] = True
+        band_aff = crop_aff.copy()
+        band_aff[:3, 3] = crop_aff[:3, :3] @ lo + crop_aff[:3, 3]
         lab, n = ndimage.label(band, structure=np.ones((3, 3, 3), dtype=bool))
         if n > 1:
             band = lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
-        pts = surface_points_mm(band, crop_aff)
+        pts = surface_points_mm(band, band_aff)
         qs = (pts - origin) @ frame.T
         best = np.argmax(qs @ dirs.T, axis=0)
         cands.append(pts[best])

@@ -49,7 +49,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spannin
 from skimage.morphology import skeletonize
 
 from xray3d.clinical.base import ClinicalError, validate_mask
-from xray3d.clinical.geometry import voxel_spacing
+from xray3d.clinical.geometry import fill_holes, voxel_spacing
 
 __all__ = ["Rib", "measure", "rib_centrelines"]
 
@@ -225,7 +225,7 @@ def rib_centrelines(
         if sizes[i] < min_voxels:
             continue
         sl = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in sl)
-        comp = ndimage.binary_fill_holes(lab[sl] == i)
+        comp = fill_holes(lab[sl] == i)
         sub_affine = affine.copy()
         sub_affine[:3, 3] = affine[:3, :3] @ np.array([s.start for s in sl]) + affine[:3, 3]
         whole, path_len, tree_len = _centreline(comp, sub_affine, smooth_mm)
