@@ -75,3 +75,15 @@ def test_real_femur_equals_the_library():
     gt = np.asanyarray(img.dataobj) > 0
     pred = ndimage.binary_erosion(np.roll(gt, 2, axis=0))
     _assert_same(gt, pred, (1.0, 1.0, 1.0))
+
+
+def test_mostly_shared_surface_equals_the_library():
+    """A good prediction shares most border voxels with the ground truth (distance 0, no query)."""
+    zz, yy, xx = np.mgrid[:30, :30, :30] - 15
+    gt = zz**2 + yy**2 + (xx / 1.5) ** 2 <= 100
+    pred = gt.copy()
+    pred[:15] = ndimage.binary_dilation(gt)[:15]  # one half grown by a voxel, the other half exact
+    pred[20:, :, 20:] = False  # and a missing cap
+    d = surface_distances(gt, pred, (1.0, 1.0, 2.0))
+    assert 0.2 < (d["distances_gt_to_pred"] == 0).mean() < 0.9
+    _assert_same(gt, pred, (1.0, 1.0, 2.0))

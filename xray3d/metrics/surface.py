@@ -6,10 +6,10 @@ every metric of the library (``compute_robust_hausdorff``, ``compute_average_sur
 ``compute_surface_dice_at_tolerance``, ``compute_surface_overlap_at_tolerance``) takes its output
 unchanged. Only two steps differ, both exact:
 
-* the distance from each border voxel of one mask to the nearest border voxel of the other is a
-  nearest-neighbour query in a k-d tree (``scipy.spatial.cKDTree``) over the border voxels' positions in
-  mm, instead of a Euclidean distance transform of the whole cropped volume (the EDT value at a voxel is
-  by definition that same nearest distance);
+* the distance from each border voxel of one mask to the nearest border voxel of the other is 0 where
+  both masks have that border voxel, else a nearest-neighbour query in a k-d tree
+  (``scipy.spatial.cKDTree``) over the border voxels' positions in mm, instead of a Euclidean distance
+  transform of the whole cropped volume (the EDT value at a voxel is by definition that same distance);
 * the (distance, area) pairs are sorted with ``numpy.lexsort`` instead of Python's ``sorted`` over
   tuples.
 
@@ -72,7 +72,8 @@ def surface_distances(
         )
     empty = np.array([])
     union = mask_gt | mask_pred
-    ranges = [np.nonzero(union.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+    plane = union.any(axis=0)  # two passes over the volume for the three ranges, not three
+    ranges = [np.nonzero(union.any(axis=(1, 2)))[0], np.nonzero(plane.any(1))[0], np.nonzero(plane.any(0))[0]]
     if len(ranges[0]) == 0:
         return {
             k: empty
@@ -83,27 +84,31 @@ def surface_distances(
     area_table = lookup_tables.create_table_neighbour_code_to_surface_area(spacing_mm)
     spacing = np.asarray(spacing_mm, dtype=float)
 
-    surfels = []
-    for mask in (mask_gt, mask_pred):
-        codes = _neighbour_codes(mask, bbox, shape)
-        border = (codes != 0) & (codes != _FULL)
-        surfels.append((np.argwhere(border), area_table[codes[border]]))
-    (idx_gt, areas_gt), (idx_pred, areas_pred) = surfels
+    codes = [_neighbour_codes(mask, bbox, shape) for mask in (mask_gt, mask_pred)]
+    borders = [(c != 0) & (c != _FULL) for c in codes]
+    idx_gt, idx_pred = (np.argwhere(b) for b in borders)
+    areas_gt, areas_pred = (area_table[c[b]] for c, b in zip(codes, borders, strict=True))
 
-    def directed(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    def directed(src: np.ndarray, dst: np.ndarray, shared: np.ndarray) -> np.ndarray:
+        """Distance of each ``src`` border voxel to the nearest ``dst`` one (0 where both masks have it)."""
         if len(src) == 0:
             return empty
         if len(dst) == 0:
             return np.full(len(src), np.inf)
-        tree = cKDTree(dst * spacing, balanced_tree=False, compact_nodes=False)
-        nearest = tree.query(src * spacing, workers=-1)[1]
-        # the distance recomputed from integer offsets, in the order scipy's EDT sums them, so ties
-        # between equally near voxels give bit-identical values (and the same sort order)
-        offset = (src - dst[nearest]) * spacing
-        return np.sqrt(np.add.reduce(offset * offset, axis=1))
+        out = np.zeros(len(src))
+        todo = ~shared
+        if todo.any():
+            tree = cKDTree(dst * spacing, balanced_tree=False, compact_nodes=False)
+            nearest = tree.query(src[todo] * spacing, workers=-1)[1]
+            # the distance recomputed from integer offsets, in the order scipy's EDT sums them, so ties
+            # between equally near voxels give bit-identical values (and the same sort order)
+            offset = (src[todo] - dst[nearest]) * spacing
+            out[todo] = np.sqrt(np.add.reduce(offset * offset, axis=1))
+        return out
 
-    d_gt, a_gt = _sorted(directed(idx_gt, idx_pred), areas_gt)
-    d_pred, a_pred = _sorted(directed(idx_pred, idx_gt), areas_pred)
+    # border voxels present in both masks are at distance 0 (most of them, for a good prediction)
+    d_gt, a_gt = _sorted(directed(idx_gt, idx_pred, borders[1][borders[0]]), areas_gt)
+    d_pred, a_pred = _sorted(directed(idx_pred, idx_gt, borders[0][borders[1]]), areas_pred)
     return {
         "distances_gt_to_pred": d_gt,
         "distances_pred_to_gt": d_pred,
