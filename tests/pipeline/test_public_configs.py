@@ -3,6 +3,7 @@ domain on a prepared RSNA-format fixture (`xray3d-domain-shift ... targets=[rsna
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +38,17 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
 def test_train_on_verse2019_then_domain_shift_to_rsna(prepared, tmp_path):
     verse = pd.read_csv(prepared["verse"] / "manifest.csv")
     assert set(verse["split"]) == {"train", "val", "test"}
+    n_test = int((verse["split"] == "test").sum())
+    # ground truths measured once up front: the test report then only measures predictions
+    res = run_python(
+        ["-m", "xray3d.pipeline.measure_gt", "data=verse2019", f"data.data_dir={prepared['verse']}"], tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"test: {n_test} ground truths, 0 already cached, " in res.stdout
+    res = run_python(
+        ["-m", "xray3d.pipeline.measure_gt", "data=verse2019", f"data.data_dir={prepared['verse']}"], tmp_path
+    )
+    assert f"test: {n_test} ground truths, {n_test} already cached, 0 measured" in res.stdout  # resumable
     res = run_python(
         [
             str(ROOT / "train.py"),
@@ -53,7 +65,9 @@ def test_train_on_verse2019_then_domain_shift_to_rsna(prepared, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     run = next((tmp_path / "logs").rglob("checkpoints/last.ckpt")).parent.parent
     per_case = pd.read_csv(run / "metrics" / "per_case.csv")
-    assert len(per_case) == (verse["split"] == "test").sum()
+    assert len(per_case) == n_test
+    summary = json.loads((run / "metrics" / "summary.json").read_text())
+    assert (summary["clinical_gt_cache_hits"], summary["clinical_gt_cache_misses"]) == (n_test, 0)
     assert {"level_group", "fracture_grade", "clinical_status"} <= set(per_case.columns)
 
     res = run_python(

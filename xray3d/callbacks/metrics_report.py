@@ -211,6 +211,9 @@ class MetricsReport(L.Callback):
             "dice_vs_clinical": report["dice_vs_clinical"],
             "subgroups_flagged": [r for r in report["subgroups"] if r["flag"]],
             "clinical_gt_cache": str(self._gt_measure.dir) if self._gt_measure is not None else None,
+            # inline measurements only (background workers hold their own copies of the counters)
+            "clinical_gt_cache_hits": self._gt_measure.hits if self._gt_measure is not None else None,
+            "clinical_gt_cache_misses": self._gt_measure.misses if self._gt_measure is not None else None,
             "per_case_csv": str(self.output_dir / "per_case.csv"),
             "files": report["paths"],
         }

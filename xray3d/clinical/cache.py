@@ -73,9 +73,17 @@ class MeasurementCache:
         self.misses = 0
         self._writable = True
 
+    def path(self, mask: np.ndarray, affine: np.ndarray) -> Path:
+        """The cache file of one mask (it may not exist yet)."""
+        return self.dir / f"{_mask_key(mask, affine)}.json"
+
+    def __contains__(self, item: tuple[np.ndarray, np.ndarray]) -> bool:
+        """``(mask, affine) in cache``: whether that mask's measurement (or failure) is stored."""
+        return self.path(*item).is_file()
+
     def __call__(self, mask: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
         """The measurement, from the cache when present; raises :class:`ClinicalError` like ``measure``."""
-        path = self.dir / f"{_mask_key(mask, affine)}.json"
+        path = self.path(mask, affine)
         if path.is_file():
             try:
                 entry = json.loads(path.read_text())

@@ -9,10 +9,15 @@ followed by ``python train.py data=verse2019``. The remaining options go to that
     xray3d-prepare verse2019 --raw /data/verse19 --out data/verse2019 --fracture-table appendix.xlsx
     xray3d-prepare ctpelvic1k --raw /data/CTPelvic1K --out data/ctpelvic1k
     xray3d-prepare rsna_cervical --raw /data/rsna-2022-cervical-spine-fracture-detection --out data/rsna
+
+After a successful preparation the test split's ground-truth clinical parameters are measured once into
+``<out>/.clinical_cache`` (``xray3d-measure-gt``), so evaluations only measure predictions;
+``--no-measure-gt`` skips that step.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
@@ -43,9 +48,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in PREPARERS:
         print(f"error: unknown dataset {name!r}; choose one of: {', '.join(PREPARERS)}", file=sys.stderr)
         return 2
+    measure_gt = "--no-measure-gt" not in rest
+    rest = [a for a in rest if a != "--no-measure-gt"]
     module, fixed = PREPARERS[name]
-    code = importlib.import_module(module).main([*fixed, *rest])
-    return int(code or 0)
+    code = int(importlib.import_module(module).main([*fixed, *rest]) or 0)
+    if code == 0 and measure_gt:
+        _measure_test_ground_truths(name, rest)
+    return code
+
+
+def _measure_test_ground_truths(name: str, rest: Sequence[str]) -> None:
+    """Measure the prepared test split's ground truths (never fails the preparation: prints why not)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--out")
+    parser.add_argument("--workers", type=int, default=0)
+    args, _ = parser.parse_known_args(list(rest))
+    if args.out is None:
+        print("ground-truth clinical measurement skipped: no --out given (run xray3d-measure-gt later)")
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from xray3d import CONF_DIR
+    from xray3d.pipeline.measure_gt import measure_ground_truths
+
+    overrides = [f"data={name}", f"data.data_dir={args.out}", "data.prepare=null"]
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="measure_gt", overrides=overrides)
+        result = measure_ground_truths(instantiate(cfg.data), ("test",), max(args.workers, 0))["test"]
+    except Exception as exc:  # e.g. no test split: the preparation itself succeeded
+        print(f"ground-truth clinical measurement skipped ({exc}); run xray3d-measure-gt data={name} later")
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    print(
+        f"ground truths of the test split: {result['n']} ({result['cached']} already cached, "
+        f"{result['measured']} measured, {len(result['failed'])} not measurable) in {args.out}/.clinical_cache"
+    )
 
 
 if __name__ == "__main__":

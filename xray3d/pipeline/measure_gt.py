@@ -1,0 +1,119 @@
+"""Measure a prepared dataset's ground-truth clinical parameters once, before any evaluation.
+
+``xray3d-measure-gt data=totalseg_femur data.data_dir=/data/totalseg_femur [splits=[test]] [workers=4]``
+
+The ground truth of a test case is the same for every model, checkpoint, robustness angle and
+domain-shift run, so its measurement belongs to the dataset, not to an evaluation: this command fills
+``<data_dir>/.clinical_cache`` (:class:`~xray3d.clinical.cache.MeasurementCache`, the cache the test-time
+report reads) for the chosen splits. Afterwards every evaluation measures only its predictions
+(``experiments/benchmarks/eval_per_case.py``: "eval s, GT cached"). ``xray3d-prepare`` runs it on the
+test split after preparing a dataset (``--no-measure-gt`` skips it).
+
+Already cached masks are skipped (an interrupted run resumes); a ground truth that cannot be measured is
+cached as a failure with its reason, listed, and does not stop the others (samples whose files cannot
+be read are skipped by the dataset loader, with their reason logged). Prints one line per split.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from xray3d import CONF_DIR
+from xray3d.clinical.base import ClinicalError
+from xray3d.clinical.cache import MeasurementCache
+
+__all__ = ["measure_ground_truths", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def _measure_one(cache: MeasurementCache, mask: np.ndarray, affine: np.ndarray) -> str | None:
+    """Measure and cache one ground truth; the failure reason, or None."""
+    try:
+        cache(mask, affine)
+    except ClinicalError as exc:
+        return str(exc)
+    return None
+
+
+def measure_ground_truths(datamodule, splits: Sequence[str] = ("test",), workers: int = 0) -> dict[str, dict]:
+    """Fill ``<data_dir>/.clinical_cache`` with the ground-truth measurements of ``splits``.
+
+    Args:
+        datamodule: a :class:`~xray3d.data.datamodule.BiplanarDataModule` with ``clinical`` set.
+        splits: stages to measure (``"train"``, ``"val"``, ``"test"``: the data config's split lists).
+        workers: background processes (0 = in this process).
+
+    Returns:
+        Per stage ``{"n": samples, "cached": already there, "measured": ok now, "failed": {id: reason}}``.
+
+    Raises:
+        ValueError: the data config has no clinical measurement or an unknown stage is asked for.
+    """
+    measure = getattr(datamodule, "clinical", None)
+    if measure is None:
+        raise ValueError(
+            "the data config has no clinical measurement (data.clinical is null): nothing to measure"
+        )
+    unknown = set(splits) - {"train", "val", "test"}
+    if unknown:
+        raise ValueError(f"unknown splits {sorted(unknown)}: choose from train, val, test")
+    cache = MeasurementCache(Path(datamodule.data_dir) / ".clinical_cache", measure)
+    pool = None
+    if workers > 0:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    out: dict[str, dict] = {}
+    try:
+        for stage in splits:
+            todo, cached = [], 0
+            for sample in datamodule.dataset(stage).samples:
+                # exactly what the test-time report hashes: the collated mask > 0.5 and the float64 affine
+                mask = sample["mask"][0].numpy() > 0.5
+                affine = sample["affine"].double().numpy()
+                if (mask, affine) in cache:
+                    cached += 1
+                else:
+                    todo.append((str(sample["sample_id"]), mask, affine))
+            if pool is not None:
+                futures = [pool.submit(_measure_one, cache, m, a) for _, m, a in todo]
+                reasons = [f.result() for f in futures]
+            else:
+                reasons = [_measure_one(cache, m, a) for _, m, a in todo]
+            failed = {sid: r for (sid, _, _), r in zip(todo, reasons, strict=True) if r is not None}
+            out[stage] = {
+                "n": cached + len(todo),
+                "cached": cached,
+                "measured": len(todo) - len(failed),
+                "failed": failed,
+            }
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="measure_gt")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point (``xray3d-measure-gt``)."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    result = measure_ground_truths(datamodule, tuple(cfg.splits), int(cfg.workers))
+    for stage, r in result.items():
+        print(
+            f"{stage}: {r['n']} ground truths, {r['cached']} already cached, {r['measured']} measured, "
+            f"{len(r['failed'])} not measurable -> {Path(datamodule.data_dir) / '.clinical_cache'}"
+        )
+        for sid, reason in r["failed"].items():
+            print(f"  {sid}: {reason}")
+
+
+if __name__ == "__main__":
+    main()
