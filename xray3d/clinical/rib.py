@@ -49,7 +49,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spannin
 from skimage.morphology import skeletonize
 
 from xray3d.clinical.base import ClinicalError, validate_mask
-from xray3d.clinical.geometry import fill_holes, voxel_spacing
+from xray3d.clinical.geometry import crop_to_foreground, fill_holes, voxel_spacing
 
 __all__ = ["Rib", "measure", "rib_centrelines"]
 
@@ -218,8 +218,9 @@ def rib_centrelines(
     spacing = voxel_spacing(affine)
     voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
     min_voxels = max(int(np.ceil(min_rib_volume_mm3 / voxel_mm3)), 2)
+    binary, affine = crop_to_foreground(binary, affine)  # label and count the bounding box only
     lab, n = ndimage.label(binary, structure=_26)
-    sizes = np.bincount(lab.ravel())
+    sizes = np.bincount(lab[binary], minlength=n + 1)
     found: list[tuple[np.ndarray, float, float, float]] = []  # centreline, arc, chord, area
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sizes[i] < min_voxels:
