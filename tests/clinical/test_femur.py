@@ -215,3 +215,25 @@ def test_real_s0000_femur_4class() -> None:
     neck_idx = np.argwhere(labels == 2)
     neck_centroid = neck_idx.mean(0) @ affine[:3, :3].T + affine[:3, 3]
     assert np.linalg.norm(np.asarray(r["neck_centre_xyz_mm"]) - neck_centroid) < 8.0
+
+
+def test_real_femur_with_too_little_shaft_fails_instead_of_a_wrong_angle() -> None:
+    """Cutting the real femur's shaft short: either a plausible angle or a failure with a reason, never the
+    silent 94 deg the centroid axis alone gave when only the trochanteric region was left (cut at 97)."""
+    mask, affine = _load("s0015_femur_left_msk_gt.nii.gz", true_spacing=1.0)
+    mask = mask > 0
+    assert np.argwhere(mask)[:, 1].max() == 126  # PIR: axis 1 runs inferior; the ROI cuts the shaft here
+    outcomes = {}
+    for cut in (121, 115, 109, 103, 97, 91, 85, 79):
+        short = mask.copy()
+        short[:, cut:, :] = False
+        try:
+            r = measure(short, affine)
+        except ClinicalError as exc:
+            outcomes[cut] = str(exc)
+            continue
+        outcomes[cut] = r["neck_shaft_angle_deg"]
+        assert 110.0 <= r["neck_shaft_angle_deg"] <= 140.0, (cut, r)
+        assert r["diaphysis_axis_disagreement_deg"] <= 10.0
+    assert "ambiguous" in str(outcomes[97])
+    assert sum(isinstance(v, str) for v in outcomes.values()) >= 6, outcomes

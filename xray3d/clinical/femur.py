@@ -29,8 +29,14 @@ the neck axis. Here every step is derived from the mask alone, in world millimet
    direction, folded to >= 90 deg as in the reference; femoral offset = distance from the head centre to
    the diaphysis axis; axis angles to the world x/y/z axes are folded to 0-90 deg (axes are undirected).
    Sanity checks: plausible head radius, >= 75 % of the head surface within 2 mm of the sphere (holes),
-   head inside the field of view, a neck constriction, and an offset >= 0.75x the head radius (else the
-   "diaphysis" found was the neck: no shaft in the mask).
+   head inside the field of view, a neck constriction, an offset >= 0.75x the head radius (else the
+   "diaphysis" found was the neck: no shaft in the mask), and the two shaft directions of step 3 (surface
+   normals, slice centroids) within 10 deg of each other (reported as ``diaphysis_axis_disagreement_deg``):
+   when too little shaft is left they part, and the angle would silently be wrong (on the real s0015
+   femur cut 30 mm shorter the centroid axis alone gave an NSA of 94 deg; now a failure with its reason).
+   The NSA rests on the shaft in the field of view: on the real femur, whose 128 mm ROI keeps about
+   20 mm of straight shaft, moving the distal cut by 3-6 mm changes it by up to 7-9 deg, so read
+   ``diaphysis_length_mm`` with it (the reference's hand-cut subtrochanteric plane has the same limit).
 
 Anatomical ranges used by the tests (adults, stated conservatively): neck-shaft angle 115-145 deg
 (population means about 120-135 deg: Gilligan, Chandraphak & Mahakkanukrauh 2013, J Anat 223:133-151;
@@ -256,6 +262,7 @@ def measure(
     min_shaft_mm: float = 15.0,
     min_head_inlier_fraction: float = 0.75,
     head_radius_range_mm: tuple[float, float] = (8.0, 45.0),
+    max_axis_disagreement_deg: float = 10.0,
 ) -> dict[str, float | list[float]]:
     """Measure the proximal-femur parameters on a binary mask.
 
@@ -269,12 +276,16 @@ def measure(
         min_head_inlier_fraction: fraction of the head surface (outside the neck cone) that must lie
             within 2 mm (or 2 voxels) of the fitted sphere; lower means holes or a malformed head.
         head_radius_range_mm: plausible head radii; outside it the fit is rejected.
+        max_axis_disagreement_deg: largest angle allowed between the shaft direction from the distal
+            surface normals and the one from the cross-section centres (reported as
+            ``diaphysis_axis_disagreement_deg``); larger means the shaft found is not a straight tube.
 
     Returns:
         Dict with ``head_centre_xyz_mm``, ``head_radius_mm``, ``neck_centre_xyz_mm``,
         ``diaphysis_centre_xyz_mm``, ``neck_shaft_angle_deg``, ``femoral_offset_mm``,
         ``neck_axis_{x,y,z}_deg``, ``diaphysis_axis_{x,y,z}_deg``, ``neck_diameter_mm``,
-        ``head_fit_rms_mm``, ``diaphysis_length_mm`` and ``fragments_removed``.
+        ``head_fit_rms_mm``, ``diaphysis_length_mm``, ``diaphysis_axis_disagreement_deg`` and
+        ``fragments_removed``.
 
     Raises:
         ClinicalError: empty/too small/NaN mask, fragmented bone, missing shaft, head or neck, a head cut
@@ -308,8 +319,8 @@ def measure(
 
     # 3. diaphysis axis (direction pointing distally): tube axis from the normals, then slice centroids
     surf_vox, normals = _surface_normals(crop, crop_aff)
-    shaft_dir = _shaft_direction(surf_vox, normals, distal - thick)
-    shaft_pt, shaft_dir, shaft_len = _diaphysis_axis(points, shaft_dir, h, vol, min_shaft_mm)
+    tube_dir = _shaft_direction(surf_vox, normals, distal - thick)
+    shaft_pt, shaft_dir, shaft_len = _diaphysis_axis(points, tube_dir, h, vol, min_shaft_mm)
 
     # 4. femoral head: inscribed ball reaching farthest from the diaphysis axis
     cand = edt_vals >= 0.6 * edt_vals.max()
@@ -357,6 +368,16 @@ def measure(
             "no femoral neck constriction found below the head: the neck is missing or merged"
         )
 
+    # two independent estimates of the shaft direction (surface normals of the distal tube, centroids of
+    # its cross sections) must agree; they part when the "shaft" found is the trochanteric region
+    disagreement = float(np.degrees(np.arccos(np.clip(abs(tube_dir @ shaft_dir), 0.0, 1.0))))
+    if disagreement > max_axis_disagreement_deg:
+        raise ClinicalError(
+            f"the diaphysis axis is ambiguous: the distal tube's surface normals and its cross-section "
+            f"centres give directions {disagreement:.0f} deg apart (max {max_axis_disagreement_deg:.0f}); "
+            "too little straight shaft in the field of view, or a malformed shaft"
+        )
+
     # 6. parameters
     towards_head = -neck_dir
     cos_nsa = float(np.clip(towards_head @ shaft_dir, -1.0, 1.0))
@@ -386,6 +407,7 @@ def measure(
         "neck_diameter_mm": 2.0 * float(np.sqrt(neck_area / np.pi)),
         "head_fit_rms_mm": rms,
         "diaphysis_length_mm": float(shaft_len),
+        "diaphysis_axis_disagreement_deg": disagreement,
         "fragments_removed": float(removed),
     }
     for key, value in result.items():
