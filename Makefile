@@ -51,7 +51,7 @@ bench: prepare  ## DRR renderer vs ITK benchmark (ms per DRR, NCC)
 	$(PY) experiments/benchmarks/drr_vs_itk.py
 
 bench-eval: env  ## evaluation time per case (metrics + clinical) vs model forward passes
-	$(PY) experiments/benchmarks/eval_per_case.py --repeats 3 --models unet attention_unet
+	$(PY) experiments/benchmarks/eval_per_case.py --repeats 5 --models unet oned_concat attention_unet
 
 bench-prepare: env  ## dataset preparation throughput per worker count on the real-format fixtures
 	$(PY) experiments/benchmarks/prepare_throughput.py --workers 1 2 --copies 6 --repeat 2

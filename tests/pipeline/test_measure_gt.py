@@ -18,7 +18,8 @@ from ..conftest import compose_cfg
 @pytest.fixture
 def datamodule(tmp_path, embedded_small):
     data = tmp_path / "data"
-    shutil.copytree(embedded_small, data)  # the session dataset stays without a cache
+    # a copy without the cache other tests' evaluations wrote into the session dataset
+    shutil.copytree(embedded_small, data, ignore=shutil.ignore_patterns(".clinical_cache"))
     cfg = compose_cfg("measure_gt", [], tmp_path / "run", data)
     yield hydra.utils.instantiate(cfg.data)
     GlobalHydra.instance().clear()
