@@ -70,7 +70,8 @@ def load_case(anatomy: str) -> tuple[np.ndarray, np.ndarray, float]:
         lab = tio.Resample(spacing)(lab)
         lab = tio.CropOrPad((grid,) * 3)(lab)
         data, affine = lab.data[0].numpy(), np.asarray(lab.affine, dtype=float)
-    return data.astype(bool), affine, float(spacing)
+    # C order, as the test loop's masks (from torch tensors) are; NIfTI arrays load in Fortran order
+    return np.ascontiguousarray(data, dtype=bool), affine, float(spacing)
 
 
 def fake_prediction(gt: np.ndarray) -> np.ndarray:

@@ -60,8 +60,9 @@ def binary_pair(
     Raises:
         ValueError: naming the shapes or the spacing.
     """
-    pred = np.asarray(pred).astype(bool)
-    gt = np.asarray(gt).astype(bool)
+    # C order: a Fortran-ordered NIfTI array next to a C-ordered tensor makes every joint pass ~40x slower
+    pred = np.ascontiguousarray(np.asarray(pred) != 0)
+    gt = np.ascontiguousarray(np.asarray(gt) != 0)
     if pred.shape != gt.shape or pred.ndim != 3:
         raise ValueError(f"pred and gt must be 3D arrays of one shape, got {pred.shape} and {gt.shape}")
     spacing = (float(spacing_mm),) * 3 if np.isscalar(spacing_mm) else tuple(float(s) for s in spacing_mm)
