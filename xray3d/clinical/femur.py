@@ -305,14 +305,14 @@ def measure(
     crop, removed = clean_components(crop, 1.0, max_fragment_fraction, "femur mask")
     spacing = voxel_spacing(crop_aff)
     h = float(spacing.max())
-    points = voxel_points_mm(crop, crop_aff)
+    idx = np.argwhere(crop)
+    points = idx @ crop_aff[:3, :3].T + crop_aff[:3, 3]  # voxel centres, mm
     surface = surface_points_mm(crop, crop_aff)
 
     # 2. distal end: farthest from the thickest (proximal) point
     # EDT on a 2x subsampled grid (seeds only; ~8x faster), read back at every voxel
     edt = ndimage.distance_transform_edt(crop[::2, ::2, ::2], sampling=2 * spacing)
-    idx = np.argwhere(crop) // 2
-    edt_vals = edt[tuple(idx.T)]
+    edt_vals = edt[tuple((idx // 2).T)]
     thick = points[int(np.argmax(edt_vals))]
     rel = points - thick
     distal = points[int(np.argmax(np.einsum("ij,ij->i", rel, rel)))]
