@@ -22,7 +22,7 @@ Usage::
 
 Prints the median seconds of each part and the ratios (metrics + clinical) / forward per model, with the
 ground truth measured and with it cached. ``--pipeline-cases N`` also times a test loop of N cases
-(forward + metrics + clinical, ground truth cached) with the clinical measurement inline vs in background
+(forward + metrics + clinical, ground truth cached) with the evaluation inline vs in background
 processes (``MetricsReport(workers=...)``), against the forward alone; with ``--threads 1`` and one worker
 on a 2-core machine this shows how much of the evaluation hides behind the forward pass.
 """
@@ -134,15 +134,16 @@ def bench_forward(model: str, grid: int, repeats: int) -> float:
 
 
 def bench_pipeline(anatomy: str, model: str, n_cases: int, workers: int) -> dict:
-    """Wall seconds per case of a test loop (forward + image metrics + clinical), clinical inline vs in
-    ``workers`` background processes (as ``MetricsReport(workers=...)`` does), and of the forward alone.
-    The ground truth's measurement is cached (``xray3d-measure-gt``), as in every evaluation after it."""
+    """Wall seconds per case of a test loop (forward + image metrics + clinical): evaluation inline vs in
+    ``workers`` background processes (image metrics and clinical, as ``MetricsReport(workers=...)``
+    does), and of the forward alone. The ground truth's measurement is cached (``xray3d-measure-gt``)."""
     import multiprocessing
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
 
     import torch
 
+    from xray3d.callbacks.metrics_report import evaluate_case
     from xray3d.clinical.cache import MeasurementCache
     from xray3d.clinical.cli import load_measure
     from xray3d.clinical.evaluate import measure_pair
@@ -169,14 +170,14 @@ def bench_pipeline(anatomy: str, model: str, n_cases: int, workers: int) -> dict
             binary_metrics(pred, gt, spacing)
             measure_pair(measure, gt, pred, affine, cache)
         out["inline"] = (time.perf_counter() - t0) / n_cases
+        args = (pred, gt, spacing, 1.5, (measure, affine, cache))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(measure_pair, measure, gt, pred, affine, cache).result()  # start the workers
+            pool.submit(evaluate_case, *args).result()  # start the workers
             t0 = time.perf_counter()
             futures = []
             for _ in range(n_cases):
                 net(ap, lat)
-                binary_metrics(pred, gt, spacing)
-                futures.append(pool.submit(measure_pair, measure, gt, pred, affine, cache))
+                futures.append(pool.submit(evaluate_case, *args))
             for f in futures:
                 f.result()
             out[f"background ({workers} worker)"] = (time.perf_counter() - t0) / n_cases

@@ -1,4 +1,4 @@
-"""MetricsReport: clinical parameters per test case, inline or in background processes, and its files."""
+"""MetricsReport: per test case image metrics and clinical parameters, inline or in background processes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 
 from xray3d.callbacks.metrics_report import MetricsReport
 from xray3d.clinical.base import validate_mask, voxel_points_mm
+from xray3d.metrics.image import binary_metrics
 
 
 def centre_measure(mask, affine, crash_in_worker: bool = False):
@@ -40,22 +41,29 @@ def _batch(shifts: list[int], start: int):
     return batch, {"pred": pred}
 
 
+def _test_step(module, batch, outputs) -> None:
+    """What XRay3DModule.test_step does with the image metrics (unless MetricsReport deferred them)."""
+    if module.defer_test_metrics:
+        return
+    for i, sid in enumerate(batch["sample_id"]):
+        metrics = binary_metrics(outputs["pred"][i, 0].numpy(), batch["mask"][i, 0].numpy() > 0.5, 2.0)
+        module.case_rows["test"].append({"sample_id": sid, **metrics})
+
+
 def _run(tmp_path, measure, workers: int, data_dir=None):
     dm = SimpleNamespace(clinical=measure, group_by=("grp",), anatomy="toy", data_dir=data_dir)
     trainer = SimpleNamespace(datamodule=dm, loggers=[])
-    rows = [
-        {"sample_id": f"c{i}", "dice": 0.9 - 0.1 * i, "hd95_mm": float(i), "asd_mm": 0.5, "nsd": 0.8}
-        for i in range(4)
-    ]
-    for r in rows:
-        r["empty_pred"] = False
-    module = SimpleNamespace(case_rows={"test": rows})
+    module = SimpleNamespace(case_rows={"test": []}, defer_test_metrics=False, nsd_tolerance_mm=1.5)
     cb = MetricsReport(str(tmp_path), labels={"model": "toy"}, workers=workers, n_boot=50)
     cb.on_test_epoch_start(trainer, module)
+    assert module.defer_test_metrics == (workers > 0)
     for k, shifts in enumerate(([1, 2], [3, 0])):
         batch, outputs = _batch(shifts, 2 * k)
+        _test_step(module, batch, outputs)
         cb.on_test_batch_end(trainer, module, outputs, batch, k)
     cb.on_test_epoch_end(trainer, module)
+    assert not module.defer_test_metrics  # reset for the next validation / test
+    assert [r["sample_id"] for r in module.case_rows["test"]] == ["c0", "c1", "c2", "c3"]
     return pd.read_csv(tmp_path / "metrics" / "per_case.csv"), cb
 
 
@@ -85,7 +93,16 @@ def test_a_dead_worker_does_not_lose_cases(tmp_path):
 def test_no_clinical_measurement_without_a_datamodule_measure(tmp_path):
     df, _ = _run(tmp_path, None, workers=1)
     assert "clinical_status" not in df and not (tmp_path / "metrics" / "clinical.jsonl").exists()
-    assert np.isclose(df["dice"].iloc[0], 0.9)
+    assert np.isclose(df["dice"].iloc[0], 0.75)  # a 4-voxel cube shifted by one voxel
+
+
+def test_background_image_metrics_equal_the_inline_ones(tmp_path):
+    inline, _ = _run(tmp_path / "inline", centre_measure, workers=0)
+    background, _ = _run(tmp_path / "bg", centre_measure, workers=2)
+    cols = ["sample_id", "dice", "hd95_mm", "asd_mm", "nsd", "empty_pred", "centre_err_mm", "clinical_status"]
+    pd.testing.assert_frame_equal(inline[cols], background[cols])
+    assert inline["dice"].tolist() == pytest.approx([0.75, 0.5, 0.25, 0.0])
+    assert bool(inline.loc[3, "empty_pred"])
 
 
 CALLS: list[int] = []

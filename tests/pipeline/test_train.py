@@ -52,6 +52,17 @@ def test_short_run_writes_checkpoint_report_and_baseline_then_eval(compose_train
     ev = json.loads((tmp_path / "eval" / "metrics" / "summary.json").read_text())
     assert ev["metrics"]["dice"]["mean"] == pytest.approx(summary["metrics"]["dice"]["mean"], abs=1e-6)
 
+    # the same evaluation with image metrics and clinical parameters in a background process
+    overrides = [f"ckpt_path={best}", "logger=csv", "callbacks.metrics_report.workers=1"]
+    bg_cfg = compose_cfg("eval", overrides, tmp_path / "eval_bg", cfg.data.data_dir)
+    bg_metrics, objs = evaluate.run(bg_cfg)
+    bg = pd.read_csv(tmp_path / "eval_bg" / "metrics" / "per_case.csv")
+    inline = pd.read_csv(tmp_path / "eval" / "metrics" / "per_case.csv")
+    cols = ["sample_id", "dice", "hd95_mm", "asd_mm", "nsd", "clinical_status"]
+    pd.testing.assert_frame_equal(bg[cols], inline[cols])
+    assert bg_metrics["test/dice"] == pytest.approx(eval_metrics["test/dice"], abs=1e-6)
+    assert not objs["model"].defer_test_metrics
+
 
 def test_eval_missing_checkpoint_is_a_clear_error(tmp_path, embedded_small):
     cfg = compose_cfg("eval", [f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path / "eval", embedded_small)

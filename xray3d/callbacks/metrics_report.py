@@ -21,9 +21,30 @@ from xray3d.data.io import write_csv_atomic, write_json_atomic, write_text_atomi
 from xray3d.metrics.evaluation_report import write_evaluation_report
 from xray3d.metrics.image import METRIC_KEYS, binary_metrics
 
-__all__ = ["MetricsReport", "summarize"]
+__all__ = ["MetricsReport", "evaluate_case", "summarize"]
 
 log = logging.getLogger(__name__)
+
+
+def evaluate_case(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing_mm: float,
+    nsd_tolerance_mm: float,
+    clinical_args: tuple | None,
+) -> tuple[dict, dict | None, dict | None]:
+    """One test case's evaluation as a background process runs it: image metrics, then (when
+    ``clinical_args`` = ``(measure, affine, gt_measure)``) :func:`~xray3d.clinical.evaluate.measure_pair`.
+
+    Returns:
+        ``(metric row, clinical row, clinical record)``; the clinical parts are None without clinical_args.
+    """
+    metrics = binary_metrics(pred, gt, spacing_mm, nsd_tolerance_mm)
+    if clinical_args is None:
+        return metrics, None, None
+    measure, affine, gt_measure = clinical_args
+    row, record = measure_pair(measure, gt, pred, affine, gt_measure)
+    return metrics, row, record
 
 
 def summarize(df: pd.DataFrame, keys: tuple[str, ...] = METRIC_KEYS) -> dict:
@@ -67,8 +88,10 @@ class MetricsReport(L.Callback):
         clinical: measure clinical parameters when the datamodule provides a measurement.
         plots: write PNG plots.
         n_boot: bootstrap resamples of the CIs.
-        workers: background processes measuring the clinical parameters while the model predicts the
-            next batches (0 = measure inline). A case whose worker dies is measured inline instead.
+        workers: background processes that evaluate each test case (image metrics and clinical
+            parameters) while the model predicts the next batches (0 = inline: the LightningModule
+            computes the image metrics in ``test_step``, this callback the clinical parameters). Rows
+            keep the test order; a case whose worker dies is evaluated inline instead.
         gt_cache: keep the ground truths' clinical measurements in ``<data_dir>/.clinical_cache``
             (:class:`~xray3d.clinical.cache.MeasurementCache`): later evaluations of the same test set
             measure only the predictions.
@@ -102,6 +125,7 @@ class MetricsReport(L.Callback):
         self._clinical_records: list[dict] = []
         self._pool: ProcessPoolExecutor | None = None
         self._pending: list[tuple[str, tuple, Future]] = []
+        self._module: L.LightningModule | None = None
 
     def _measure(self, trainer: L.Trainer):
         dm = trainer.datamodule
@@ -113,23 +137,35 @@ class MetricsReport(L.Callback):
         self._gt_measure = None
         if measure is not None and self.gt_cache and data_dir is not None:
             self._gt_measure = MeasurementCache(Path(data_dir) / ".clinical_cache", measure)
-        if self.workers > 0 and self._measure(trainer) is not None:
+        if self.workers > 0 and not hasattr(pl_module, "defer_test_metrics"):
+            log.warning(
+                "%s cannot defer its test metrics (no defer_test_metrics attribute): evaluating inline",
+                type(pl_module).__name__,
+            )
+        if self.workers > 0 and hasattr(pl_module, "defer_test_metrics"):
             # spawn: never fork a process that holds torch's thread pools (and maybe CUDA)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            pl_module.defer_test_metrics = True
+            self._module = pl_module
 
     def _store(self, sid: str, row: dict, record: dict) -> None:
         self._clinical_rows[sid] = row
         self._clinical_records.append({"sample_id": sid, **record})
 
     def _collect(self) -> None:
-        """Wait for the background measurements (in submission order) and shut the pool down."""
+        """Wait for the background evaluations (in submission order), hand the image metrics to the
+        LightningModule (it logs their means after this callback) and shut the pool down."""
+        rows = self._module.case_rows["test"] if self._module is not None else None
         for sid, args, future in self._pending:
             try:
-                row, record = future.result()
+                metrics, row, record = future.result()
             except Exception as exc:  # a dead or broken worker: do not lose the case
-                log.warning("background clinical measurement of %s failed (%s); measuring inline", sid, exc)
-                row, record = measure_pair(*args)
-            self._store(sid, row, record)
+                log.warning("background evaluation of %s failed (%s); evaluating inline", sid, exc)
+                metrics, row, record = evaluate_case(*args)
+            if rows is not None:
+                rows.append({"sample_id": sid, **metrics})
+            if row is not None:
+                self._store(sid, row, record)
         self._pending = []
         self._shutdown()
 
@@ -137,6 +173,9 @@ class MetricsReport(L.Callback):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._module is not None:
+            self._module.defer_test_metrics = False
+            self._module = None
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -145,7 +184,9 @@ class MetricsReport(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         measure = self._measure(trainer)
-        if measure is None or not isinstance(outputs, dict) or "pred" not in outputs:
+        if not isinstance(outputs, dict) or "pred" not in outputs:
+            return
+        if measure is None and self._pool is None:
             return
         pred = outputs["pred"].detach().cpu().numpy()
         gt = batch["mask"].detach().cpu().numpy() > 0.5
@@ -154,11 +195,13 @@ class MetricsReport(L.Callback):
                 affine = batch["affine"][i].detach().cpu().double().numpy()
             else:  # a PIR grid at the sample's spacing (world = ROI frame)
                 affine = np.diag([float(batch["spacing_mm"][i])] * 3 + [1.0])
-            args = (measure, gt[i, 0], pred[i, 0], affine, self._gt_measure)
-            if self._pool is not None:
-                self._pending.append((str(sid), args, self._pool.submit(measure_pair, *args)))
+            if self._pool is not None:  # the whole evaluation of the case in the background
+                clinical_args = (measure, affine, self._gt_measure) if measure is not None else None
+                spacing = float(batch["spacing_mm"][i])
+                args = (pred[i, 0], gt[i, 0], spacing, float(pl_module.nsd_tolerance_mm), clinical_args)
+                self._pending.append((str(sid), args, self._pool.submit(evaluate_case, *args)))
             else:
-                self._store(str(sid), *measure_pair(*args))
+                self._store(str(sid), *measure_pair(measure, gt[i, 0], pred[i, 0], affine, self._gt_measure))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._collect()

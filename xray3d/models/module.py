@@ -63,6 +63,9 @@ class ReconstructionModule(L.LightningModule):
         self.inputs = tuple(inputs)
         self.input_noise_std = float(input_noise_std)
         self.case_rows: dict[str, list[dict]] = {"val": [], "test": []}
+        # set by MetricsReport(workers>0): the test cases' image metrics are computed in its background
+        # processes, which fill case_rows["test"] before on_test_epoch_end logs them
+        self.defer_test_metrics = False
 
     def forward(self, *inputs: Tensor) -> Tensor:
         """Logits ``(B, 1, s, s, s)``; by default ``forward(ap, lat)``."""
@@ -96,6 +99,8 @@ class ReconstructionModule(L.LightningModule):
         logits, pred = self.predict_mask(batch)
         loss = self.loss_fn(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(logits))
+        if stage == "test" and self.defer_test_metrics:
+            return {"logits": logits, "pred": pred}
         pred_np = pred.cpu().numpy()
         gt_np = batch["mask"].cpu().numpy() > 0.5
         for i in range(len(pred_np)):
