@@ -19,7 +19,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["ClinicalError", "POINT_SUFFIX", "UNITS", "clinical_errors", "validate_mask", "voxel_points_mm"]
+__all__ = [
+    "ClinicalError",
+    "POINT_SUFFIX",
+    "UNITS",
+    "clinical_errors",
+    "index_points_mm",
+    "validate_mask",
+    "voxel_points_mm",
+]
 
 POINT_SUFFIX = "_xyz_mm"
 #: units of the scalar parameters that get an error (counts such as ``n_ribs`` are compared as columns only)
@@ -59,10 +67,15 @@ def validate_mask(
     return binary
 
 
+def index_points_mm(idx: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World coordinates (mm) of voxel indices ``idx`` (N, 3), shape (N, 3)."""
+    affine = np.asarray(affine, dtype=float)
+    return np.asarray(idx, dtype=float) @ affine[:3, :3].T + affine[:3, 3]
+
+
 def voxel_points_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """World coordinates (mm) of the centres of the mask's foreground voxels, shape (N, 3)."""
-    idx = np.argwhere(mask).astype(float)
-    return idx @ np.asarray(affine, dtype=float)[:3, :3].T + np.asarray(affine, dtype=float)[:3, 3]
+    return index_points_mm(np.argwhere(mask), affine)
 
 
 def _unit(key: str) -> str:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from xray3d.clinical.base import ClinicalError, validate_mask, voxel_points_mm
+from xray3d.clinical.base import ClinicalError, index_points_mm, validate_mask
 from xray3d.clinical.geometry import (
     axis_angles_deg,
     clean_components,
@@ -102,7 +102,7 @@ def _surface_normals(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     normals = grad @ np.linalg.inv(affine[:3, :3])
     norm = np.linalg.norm(normals, axis=1)
     ok = norm > 1e-9
-    return voxel_points_mm(boundary, affine)[ok], normals[ok] / norm[ok, None]
+    return index_points_mm(idx[ok], affine), normals[ok] / norm[ok, None]
 
 
 def _shaft_direction(
@@ -306,7 +306,7 @@ def measure(
     spacing = voxel_spacing(crop_aff)
     h = float(spacing.max())
     idx = np.argwhere(crop)
-    points = idx @ crop_aff[:3, :3].T + crop_aff[:3, 3]  # voxel centres, mm
+    points = index_points_mm(idx, crop_aff)  # voxel centres, mm
     surface = surface_points_mm(crop, crop_aff)
 
     # 2. distal end: farthest from the thickest (proximal) point

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from xray3d.clinical.base import ClinicalError
+from xray3d.metrics.surface import foreground_ranges
 
 __all__ = [
     "axis_angles_deg",
@@ -45,7 +46,7 @@ def crop_to_foreground(mask: np.ndarray, affine: np.ndarray, pad: int = 2) -> tu
     The padding is filled with background, so the crop is always surrounded by background.
     """
     mask = np.asarray(mask, dtype=bool)
-    ranges = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+    ranges = foreground_ranges(mask)
     if any(len(r) == 0 for r in ranges):
         raise ClinicalError("cannot crop an empty mask")
     lo = np.array([r[0] for r in ranges])

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from xray3d.clinical.base import ClinicalError, validate_mask, voxel_points_mm
+from xray3d.clinical.base import ClinicalError, index_points_mm, validate_mask
 from xray3d.clinical.geometry import clean_components, crop_to_foreground, surface_points_mm, unit
 
 __all__ = ["LANDMARKS", "measure"]
@@ -95,12 +95,19 @@ def _app_frame(asis_r: np.ndarray, asis_l: np.ndarray, ps: np.ndarray, ant_prior
 
 
 def _ischial_spines(
-    crop: np.ndarray, crop_aff: np.ndarray, frame: np.ndarray, origin: np.ndarray, z_lo: float, z_hi: float
+    idx: np.ndarray,
+    vox: np.ndarray,
+    crop_aff: np.ndarray,
+    frame: np.ndarray,
+    origin: np.ndarray,
+    z_lo: float,
+    z_hi: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """IS right/left: band between two heights, largest region per side, tilted posterior extremes."""
-    vox = voxel_points_mm(crop, crop_aff)
+    """IS right/left: band between two heights, largest region per side, tilted posterior extremes.
+
+    ``idx`` are the crop's foreground voxel indices and ``vox`` their world positions (mm).
+    """
     q = (vox - origin) @ frame.T
-    idx = np.argwhere(crop)
     angles = np.radians(np.arange(-5, 45))
     dirs = np.stack([np.zeros_like(angles), -np.cos(angles), -np.sin(angles)], 1)  # frame coords
     cands = []
@@ -196,7 +203,8 @@ def measure(
         )
     crop, crop_aff = crop_to_foreground(binary, affine)
     crop, removed = clean_components(crop, keep_fraction, None, "pelvis mask")
-    vox = voxel_points_mm(crop, crop_aff)
+    idx = np.argwhere(crop)
+    vox = index_points_mm(idx, crop_aff)
     com = vox.mean(0)
     pts = surface_points_mm(crop, crop_aff)
 
@@ -249,7 +257,7 @@ def measure(
             "holds only one hip bone or a partial pelvis"
         )
     z_ps = float((ps - origin) @ app[2])
-    is_r, is_l = _ischial_spines(crop, crop_aff, app, origin, z_ps, 0.5 * z_ps)
+    is_r, is_l = _ischial_spines(idx, vox, crop_aff, app, origin, z_ps, 0.5 * z_ps)
     psis_r, psis_l = _psis(q, pts, 0.0)
 
     points = {

@@ -384,11 +384,9 @@ def prepare_ctpelvic1k(
         "raw_dir": str(raw_dir),
         "subjects": sorted(cases),
     }
-    rows = write_prepared(
+    write_prepared(
         out_dir, results, previous, MANIFEST_COLUMNS, meta, assignment, split_seed, workers, elapsed
     )
-    if not rows:
-        log.warning("no hip sample could be prepared from %s; see %s", raw_dir, out_dir / "report.csv")
     return manifest_csv
 
 

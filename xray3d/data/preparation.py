@@ -191,7 +191,7 @@ def write_prepared(
         annotate: optional per-row hook run after the split is set (e.g. fracture grades).
 
     Returns:
-        The manifest rows.
+        The manifest rows (an empty list is logged as a warning naming ``report.csv``).
     """
     merged = {
         s: {"subject": s, "rows": previous.rows.get(s, []), "skipped": previous.skipped.get(s, [])}
@@ -251,4 +251,6 @@ def write_prepared(
     for s in skipped:
         log.info("%s %s: %s", "failed" if s.get("failed") else "skipped", s["sample_id"], s["reason"])
     log.info("%d new samples in %.1f s (%.1f samples/min, %d workers)", new, elapsed_s, rate, workers)
+    if not rows:
+        log.warning("no sample could be prepared from %s; see %s", meta.get("raw_dir"), out_dir / "report.csv")
     return rows

@@ -572,11 +572,9 @@ def prepare_rsna(
         "raw_dir": str(raw_dir),
         "subjects": sorted(studies),
     }
-    rows = write_prepared(
+    write_prepared(
         out_dir, results, previous, MANIFEST_COLUMNS, meta, assignment, split_seed, workers, elapsed, annotate
     )
-    if not rows:
-        log.warning("no vertebra could be prepared from %s; see %s", raw_dir, out_dir / "report.csv")
     return manifest_csv
 
 

@@ -398,11 +398,9 @@ def prepare_totalseg(
         "raw_dir": str(raw_dir),
         "subjects": sorted(names),
     }
-    rows = write_prepared(
+    write_prepared(
         out_dir, results, previous, MANIFEST_COLUMNS, meta, assignment, split_seed, workers, elapsed
     )
-    if not rows:
-        log.warning("no %s sample could be prepared from %s; see %s", task, raw_dir, out_dir / "report.csv")
     return manifest_csv
 
 

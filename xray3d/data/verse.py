@@ -545,11 +545,9 @@ def prepare_verse(
         "fracture_table": str(table_path) if table_path else None,
         "subjects": sorted(subjects),
     }
-    rows = write_prepared(
+    write_prepared(
         out_dir, results, previous, MANIFEST_COLUMNS, meta, assignment, split_seed, workers, elapsed, annotate
     )
-    if not rows:
-        log.warning("no vertebra could be prepared from %s; see %s", raw_dir, out_dir / "report.csv")
     return manifest_csv
 
 

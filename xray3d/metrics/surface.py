@@ -28,7 +28,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from surface_distance import lookup_tables
 
-__all__ = ["surface_distances"]
+__all__ = ["foreground_ranges", "surface_distances"]
 
 _FULL = 0b11111111
 
@@ -57,8 +57,8 @@ def _area_table(spacing_mm: tuple[float, float, float]) -> np.ndarray:
     return lookup_tables.create_table_neighbour_code_to_surface_area(spacing_mm)
 
 
-def _ranges(mask: np.ndarray) -> list[np.ndarray]:
-    """Indices along each axis where the mask has foreground (two passes, no temporary volume)."""
+def foreground_ranges(mask: np.ndarray) -> list[np.ndarray]:
+    """Indices along each axis of a 3D mask where it has foreground (two passes, no temporary volume)."""
     plane = mask.any(axis=0)
     return [np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(plane.any(1))[0], np.nonzero(plane.any(0))[0]]
 
@@ -96,7 +96,10 @@ def surface_distances(
         )
     empty = np.array([])
     # bounding box of the union, from each mask's projections
-    ranges = [np.union1d(a, b) for a, b in zip(_ranges(mask_gt), _ranges(mask_pred), strict=True)]
+    ranges = [
+        np.union1d(a, b)
+        for a, b in zip(foreground_ranges(mask_gt), foreground_ranges(mask_pred), strict=True)
+    ]
     if len(ranges[0]) == 0:
         return {
             k: empty
