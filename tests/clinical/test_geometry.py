@@ -7,7 +7,14 @@ import pytest
 from scipy import ndimage
 
 from xray3d.clinical.base import ClinicalError
-from xray3d.clinical.geometry import crop_to_foreground, fill_holes, fit_sphere, surface_points_mm
+from xray3d.clinical.geometry import (
+    boundary_voxels,
+    crop_to_foreground,
+    fill_holes,
+    fit_sphere,
+    label_components,
+    surface_points_mm,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -19,6 +26,22 @@ def test_fill_holes_equals_scipy(seed):
     expected = ndimage.binary_fill_holes(mask)
     assert (expected != mask).any()
     np.testing.assert_array_equal(fill_holes(mask), expected)
+    np.testing.assert_array_equal(fill_holes(np.asfortranarray(mask)), expected)
+
+
+@pytest.mark.parametrize("connectivity", [6, 26])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_label_components_equals_scipy_label(connectivity, order):
+    rng = np.random.default_rng(connectivity)
+    mask = ndimage.gaussian_filter(rng.random((19, 24, 21)), 0.8) > 0.54  # many pieces, on the border
+    mask = np.asarray(mask, order=order)
+    structure = np.ones((3, 3, 3), bool) if connectivity == 26 else None
+    expected, n = ndimage.label(mask, structure=structure)
+    assert n > 5
+    labels, count = label_components(mask, connectivity)
+    assert count == n
+    np.testing.assert_array_equal(labels, expected)  # same numbering, whatever the memory order
+    assert label_components(np.zeros((3, 4, 5), bool))[1] == 0
 
 
 def test_fill_holes_fills_a_hollow_ball_and_keeps_an_open_cup():
@@ -50,6 +73,28 @@ def test_surface_points_of_a_voxel_cube_are_its_face_centres():
     assert len(pts) == 24
     assert set(np.unique(pts)) == {0.5, 1.0, 2.0, 2.5}
     np.testing.assert_allclose(pts.mean(0), [1.5, 1.5, 1.5])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_boundary_and_face_centres_equal_their_definitions(seed):
+    rng = np.random.default_rng(seed)
+    mask = ndimage.gaussian_filter(rng.random((14, 17, 11)), 1.0) > 0.5  # touches the array border
+    boundary = boundary_voxels(mask)
+    np.testing.assert_array_equal(boundary, np.argwhere(mask & ~ndimage.binary_erosion(mask)))
+    # by definition: per face direction, the voxels whose neighbour there is background (or outside)
+    padded = np.pad(mask, 1)
+    expected = []
+    for axis in range(3):
+        for step in (-1, 1):
+            neighbour = np.roll(padded, -step, axis=axis)[1:-1, 1:-1, 1:-1]
+            idx = np.argwhere(mask & ~neighbour).astype(float)
+            idx[:, axis] += 0.5 * step
+            expected.append(idx)
+    affine = np.array([[0, 0, 2.0, 5], [0, -0.7, 0, 1], [1.3, 0, 0, -2], [0, 0, 0, 1]])
+    expected = np.concatenate(expected) @ affine[:3, :3].T + affine[:3, 3]
+    np.testing.assert_array_equal(surface_points_mm(mask, affine), expected)  # same points, same order
+    np.testing.assert_array_equal(surface_points_mm(mask, affine, boundary), expected)
+    np.testing.assert_array_equal(surface_points_mm(np.asfortranarray(mask), affine), expected)
 
 
 def test_fit_sphere_recovers_a_noisy_sphere_with_outliers():

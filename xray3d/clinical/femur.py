@@ -53,6 +53,7 @@ from scipy import ndimage
 from xray3d.clinical.base import ClinicalError, index_points_mm, validate_mask
 from xray3d.clinical.geometry import (
     axis_angles_deg,
+    boundary_voxels,
     clean_components,
     crop_to_foreground,
     fit_line,
@@ -85,38 +86,59 @@ def _slice_stats(
     return centres, counts * voxel_volume / width, centroids, counts
 
 
-def _surface_normals(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boundary-voxel centres (mm) and unit world normals from the gradient of the smoothed mask.
+def _surface_normals(mask: np.ndarray, idx: np.ndarray, affine: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """Unit world normals at voxels ``idx`` (N, 3): the gradient of the mask smoothed by a Gaussian.
 
-    The mask must have at least 2 voxels of background padding (see ``crop_to_foreground``).
+    Only the sub-box the voxels need is smoothed (the Gaussian reaches ``round(4 sigma)`` voxels, the
+    central difference one more), so the values equal smoothing the whole mask. Rows with a null
+    gradient are NaN. The mask must have at least 2 voxels of background padding.
     """
-    smooth = ndimage.gaussian_filter(mask.astype(np.float32), 1.5)
-    boundary = mask & ~ndimage.binary_erosion(mask)
-    idx = np.argwhere(boundary)
+    reach = int(4.0 * sigma + 0.5) + 1
+    lo = np.maximum(idx.min(0) - reach, 0)
+    hi = np.minimum(idx.max(0) + reach + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    smooth = ndimage.gaussian_filter(mask[box].astype(np.float32), sigma)
+    local = idx - lo
     grad = np.empty((len(idx), 3))
     for axis in range(3):
-        hi, lo = idx.copy(), idx.copy()
-        hi[:, axis] += 1
-        lo[:, axis] -= 1
-        grad[:, axis] = smooth[tuple(hi.T)] - smooth[tuple(lo.T)]
+        hi_i, lo_i = local.copy(), local.copy()
+        hi_i[:, axis] += 1
+        lo_i[:, axis] -= 1
+        grad[:, axis] = smooth[tuple(hi_i.T)] - smooth[tuple(lo_i.T)]
     normals = grad @ np.linalg.inv(affine[:3, :3])
     norm = np.linalg.norm(normals, axis=1)
-    ok = norm > 1e-9
-    return index_points_mm(idx[ok], affine), normals[ok] / norm[ok, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm[:, None] > 1e-9, normals / norm[:, None], np.nan)
 
 
 def _shaft_direction(
-    surf: np.ndarray, normals: np.ndarray, direction: np.ndarray, depth_mm: float = 35.0
+    mask: np.ndarray,
+    boundary: np.ndarray,
+    affine: np.ndarray,
+    direction: np.ndarray,
+    depth_mm: float = 35.0,
+    slack_mm: float = 15.0,
 ) -> np.ndarray:
     """Axis of the distal tube: the direction most perpendicular to the surface normals near the end.
 
-    Normals within 50 deg of the current axis (the flat end cut) are ignored after the first pass.
+    ``boundary`` are the mask's boundary voxels; their normals are computed only within ``depth_mm`` (+
+    ``slack_mm`` for the direction's changes, more if needed) of the distal end. Normals within 50 deg
+    of the current axis (the flat end cut) are ignored after the first pass.
     """
+    surf = index_points_mm(boundary, affine)
+    normals = np.full((len(surf), 3), np.nan)
+    known = np.zeros(len(surf), dtype=bool)
     d = unit(direction)
     cos_cut = np.cos(np.radians(50.0))
     for it in range(6):
         s = surf @ d
-        sel = (s > s.max() - depth_mm) & ((np.abs(normals @ d) < cos_cut) if it else True)
+        near_end = s > s.max() - depth_mm
+        todo = (s > s.max() - depth_mm - slack_mm) & ~known if (near_end & ~known).any() else None
+        if todo is not None:
+            normals[todo] = _surface_normals(mask, boundary[todo], affine)
+            known |= todo
+        valid = near_end & ~np.isnan(normals[:, 0])
+        sel = valid & ((np.abs(normals @ d) < cos_cut) if it else True)
         if sel.sum() < 30:
             raise ClinicalError("no tube-like diaphysis found at the distal end of the femur mask")
         _, vecs = np.linalg.eigh(normals[sel].T @ normals[sel])
@@ -135,8 +157,7 @@ def _diaphysis_axis(
     width = max(1.0, h)
     margin = max(3.0, 2 * h)
     d = unit(direction)
-    centre = points.mean(0)
-    length = 0.0
+    centre, length = np.zeros(3), 0.0
     for _ in range(3):
         _, areas, cents, counts = _slice_stats(points, points[int(np.argmax(points @ d))], -d, width, vol)
         n_ref = max(int(np.ceil(10.0 / width)), 3)
@@ -307,7 +328,8 @@ def measure(
     h = float(spacing.max())
     idx = np.argwhere(crop)
     points = index_points_mm(idx, crop_aff)  # voxel centres, mm
-    surface = surface_points_mm(crop, crop_aff)
+    boundary = boundary_voxels(crop)
+    surface = surface_points_mm(crop, crop_aff, boundary)
 
     # 2. distal end: farthest from the thickest (proximal) point
     # EDT on a 2x subsampled grid (seeds only; ~8x faster), read back at every voxel
@@ -318,8 +340,7 @@ def measure(
     distal = points[int(np.argmax(np.einsum("ij,ij->i", rel, rel)))]
 
     # 3. diaphysis axis (direction pointing distally): tube axis from the normals, then slice centroids
-    surf_vox, normals = _surface_normals(crop, crop_aff)
-    tube_dir = _shaft_direction(surf_vox, normals, distal - thick)
+    tube_dir = _shaft_direction(crop, boundary, crop_aff, distal - thick)
     shaft_pt, shaft_dir, shaft_len = _diaphysis_axis(points, tube_dir, h, vol, min_shaft_mm)
 
     # 4. femoral head: inscribed ball reaching farthest from the diaphysis axis

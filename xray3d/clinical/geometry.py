@@ -6,19 +6,22 @@ and is vectorised with numpy/scipy; no mesh library is needed.
 
 from __future__ import annotations
 
+import cc3d
+import fill_voids
 import numpy as np
-from scipy import ndimage
 
 from xray3d.clinical.base import ClinicalError
 from xray3d.metrics.surface import foreground_ranges
 
 __all__ = [
     "axis_angles_deg",
+    "boundary_voxels",
     "clean_components",
     "crop_to_foreground",
     "fit_line",
     "fill_holes",
     "fit_sphere",
+    "label_components",
     "point_line_distance",
     "surface_points_mm",
     "unit",
@@ -75,7 +78,7 @@ def clean_components(
     Returns:
         The cleaned mask (cavities filled) and the number of removed fragments.
     """
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    lab, n = label_components(mask, 26)
     removed = 0
     if n > 1:
         sizes = np.bincount(lab.ravel())[1:]
@@ -94,37 +97,69 @@ def clean_components(
     return fill_holes(mask), removed
 
 
+def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """Connected components of a 3D mask: (labels, count), background 0.
+
+    The labels equal ``scipy.ndimage.label``'s (numbered in C scan order) with a full 3x3x3 structure
+    (``connectivity=26``) or the default cross (``6``); computed by ``cc3d``, about 8x faster.
+    """
+    labels, n = cc3d.connected_components(
+        np.ascontiguousarray(mask, dtype=bool), connectivity=connectivity, return_N=True
+    )
+    return labels, int(n)
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill enclosed cavities: what ``scipy.ndimage.binary_fill_holes`` returns (6-connected background
-    not reaching the array border), about 3x faster (one labelling instead of iterated dilations)."""
+    not reaching the array border), computed by ``fill_voids`` (about 3x faster)."""
+    return np.ascontiguousarray(fill_voids.fill(np.ascontiguousarray(mask, dtype=bool), in_place=False))
+
+
+def _face_neighbours(padded: np.ndarray):
+    """(axis, step, view of the 6-neighbour at index + step along axis) for the interior of ``padded``."""
+    inner = (slice(1, -1),) * padded.ndim
+    for axis in range(padded.ndim):
+        for step in (-1, 1):
+            shifted = list(inner)
+            shifted[axis] = slice(1 + step, padded.shape[axis] - 1 + step)
+            yield axis, step, padded[tuple(shifted)]
+
+
+def boundary_voxels(mask: np.ndarray) -> np.ndarray:
+    """Indices (N, 3), in C order, of the foreground voxels with a background 6-neighbour.
+
+    The array border counts as background, so this is ``np.argwhere(mask & ~ndimage.binary_erosion(mask))``.
+    """
     mask = np.asarray(mask, dtype=bool)
-    lab, n = ndimage.label(~mask)
-    if n == 0:
-        return mask.copy()
-    outside = np.zeros(n + 1, dtype=bool)
-    for axis in range(mask.ndim):
-        for end in (0, -1):
-            outside[np.take(lab, end, axis=axis)] = True
-    outside[0] = False  # label 0 = foreground
-    return ~outside[lab]
+    interior = mask.copy()
+    for _, _, neighbour in _face_neighbours(np.pad(mask, 1)):
+        interior &= neighbour
+    return np.argwhere(mask & ~interior)
 
 
-def surface_points_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def surface_points_mm(mask: np.ndarray, affine: np.ndarray, boundary: np.ndarray | None = None) -> np.ndarray:
     """World coordinates (mm) of the centres of the voxel faces between foreground and background.
 
     Unlike boundary-voxel centres (which sit about half a voxel inside the surface), face centres are an
-    almost unbiased sample of a voxelised surface. The array border counts as background. Shape (M, 3).
+    almost unbiased sample of a voxelised surface. The array border counts as background. Shape (M, 3):
+    the faces towards -axis 0, +axis 0, -axis 1, ..., each group in C order of its voxels.
+
+    Args:
+        mask: boolean 3D mask.
+        affine: voxel-to-world matrix (mm).
+        boundary: ``boundary_voxels(mask)`` when already computed.
     """
     mask = np.asarray(mask, dtype=bool)
-    padded = np.pad(mask, 1)
-    inner = (slice(1, -1),) * 3
+    boundary = boundary_voxels(mask) if boundary is None else boundary
+    padded = np.pad(mask, 1).ravel()  # C order
+    shape = np.array(mask.shape) + 2
+    flat = np.ravel_multi_index(tuple((boundary + 1).T), tuple(shape))
+    strides = [int(np.prod(shape[axis + 1 :])) for axis in range(3)]  # C-order element strides
     faces = []
     for axis in range(3):
         for step in (-1, 1):
-            # the neighbour at index + step along ``axis``, read as a shifted view of the padded array
-            shifted = list(inner)
-            shifted[axis] = slice(1 + step, padded.shape[axis] - 1 + step)
-            idx = np.argwhere(mask & ~padded[tuple(shifted)]).astype(float)
+            exposed = ~padded[flat + step * strides[axis]]
+            idx = boundary[exposed].astype(float)
             idx[:, axis] += 0.5 * step
             faces.append(idx)
     idx = np.concatenate(faces)

@@ -38,10 +38,15 @@ Obstetrics, chapter "Maternal anatomy", pelvic dimensions).
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from xray3d.clinical.base import ClinicalError, index_points_mm, validate_mask
-from xray3d.clinical.geometry import clean_components, crop_to_foreground, surface_points_mm, unit
+from xray3d.clinical.geometry import (
+    clean_components,
+    crop_to_foreground,
+    label_components,
+    surface_points_mm,
+    unit,
+)
 
 __all__ = ["LANDMARKS", "measure"]
 
@@ -121,7 +126,7 @@ def _ischial_spines(
         band[tuple((idx[sel] - lo).T)] = True
         band_aff = crop_aff.copy()
         band_aff[:3, 3] = crop_aff[:3, :3] @ lo + crop_aff[:3, 3]
-        lab, n = ndimage.label(band, structure=np.ones((3, 3, 3), dtype=bool))
+        lab, n = label_components(band, 26)
         if n > 1:
             band = lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
         pts = surface_points_mm(band, band_aff)

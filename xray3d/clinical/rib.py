@@ -49,11 +49,10 @@ from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spannin
 from skimage.morphology import skeletonize
 
 from xray3d.clinical.base import ClinicalError, validate_mask
-from xray3d.clinical.geometry import crop_to_foreground, fill_holes, voxel_spacing
+from xray3d.clinical.geometry import crop_to_foreground, fill_holes, label_components, voxel_spacing
 
 __all__ = ["Rib", "measure", "rib_centrelines"]
 
-_26 = np.ones((3, 3, 3), dtype=bool)
 _HALF_OFFSETS = np.array(
     [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) > (0, 0, 0)]
 )
@@ -119,7 +118,7 @@ def _split_touching(
     eroded = comp
     for _ in range(max_erosions):
         eroded = ndimage.binary_erosion(eroded)
-        lab, n = ndimage.label(eroded, structure=_26)
+        lab, n = label_components(eroded, 26)
         if n < 2:
             continue
         sizes = np.bincount(lab.ravel())[1:]
@@ -219,7 +218,7 @@ def rib_centrelines(
     voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
     min_voxels = max(int(np.ceil(min_rib_volume_mm3 / voxel_mm3)), 2)
     binary, affine = crop_to_foreground(binary, affine)  # label and count the bounding box only
-    lab, n = ndimage.label(binary, structure=_26)
+    lab, n = label_components(binary, 26)
     sizes = np.bincount(lab[binary], minlength=n + 1)
     found: list[tuple[np.ndarray, float, float, float]] = []  # centreline, arc, chord, area
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
