@@ -12,6 +12,9 @@ and times in one process:
   their errors (:func:`xray3d.clinical.evaluate.measure_pair`); ``GT cached``: the same with the ground
   truth's measurement read from :class:`~xray3d.clinical.cache.MeasurementCache` (every evaluation of a
   test set after the first);
+* ``case``: the whole case as the test loop evaluates it (:func:`xray3d.callbacks.metrics_report.
+  evaluate_case`: the image metrics in a second thread beside the clinical part), with the ground truth
+  measured and with it cached;
 * ``forward``: each model config's network (default unet, attention_unet, swinunetr; reference settings)
   on a batch of one at the same grid size, ``torch.no_grad``, after one warm-up pass.
 
@@ -20,8 +23,8 @@ Usage::
     python experiments/benchmarks/eval_per_case.py [--anatomies femur hip vertebra rib] [--models unet ...]
         [--repeats 5] [--threads 2]
 
-Prints the median seconds of each part and the ratios (metrics + clinical) / forward per model, with the
-ground truth measured and with it cached. ``--pipeline-cases N`` also times a test loop of N cases
+Prints the median seconds of each part and the ratios case / forward per model, with the ground truth
+measured and with it cached. ``--pipeline-cases N`` also times a test loop of N cases
 (forward + metrics + clinical, ground truth cached) with the evaluation inline vs in background
 processes (``MetricsReport(workers=...)``), against the forward alone; with ``--threads 1`` and one worker
 on a 2-core machine this shows how much of the evaluation hides behind the forward pass.
@@ -98,10 +101,13 @@ def _seconds(fn, *args) -> float:
 
 
 def bench_eval(anatomy: str, repeats: int) -> dict:
-    """Median seconds of the image metrics, of the clinical parameters (GT + prediction), and of the
-    clinical parameters with the ground truth's measurement already cached (a later evaluation)."""
+    """Median seconds of the image metrics, of the clinical parameters (GT + prediction), of the clinical
+    parameters with the ground truth's measurement already cached (a later evaluation), and of the whole
+    case as the test loop evaluates it (``evaluate_case``: metrics in a thread beside the clinical part),
+    with the ground truth measured and cached."""
     import tempfile
 
+    from xray3d.callbacks.metrics_report import evaluate_case
     from xray3d.clinical.cache import MeasurementCache
     from xray3d.clinical.cli import load_measure
     from xray3d.clinical.evaluate import measure_pair
@@ -111,7 +117,8 @@ def bench_eval(anatomy: str, repeats: int) -> dict:
     pred = fake_prediction(gt)
     measure = load_measure(anatomy)
     status = measure_pair(measure, gt, pred, affine)[0]["clinical_status"]  # also a warm-up
-    t = {"metrics": [], "clinical": [], "clinical_cached": []}
+    parts = ("metrics", "clinical", "clinical_cached", "case", "case_cached")
+    t: dict[str, list[float]] = {k: [] for k in parts}
     with tempfile.TemporaryDirectory() as tmp:
         cache = MeasurementCache(tmp, measure)
         cache(gt, affine)  # fill
@@ -119,6 +126,8 @@ def bench_eval(anatomy: str, repeats: int) -> dict:
             t["metrics"].append(_seconds(binary_metrics, pred, gt, spacing))
             t["clinical"].append(_seconds(measure_pair, measure, gt, pred, affine))
             t["clinical_cached"].append(_seconds(measure_pair, measure, gt, pred, affine, cache))
+            t["case"].append(_seconds(evaluate_case, pred, gt, spacing, 1.5, (measure, affine, None)))
+            t["case_cached"].append(_seconds(evaluate_case, pred, gt, spacing, 1.5, (measure, affine, cache)))
     return {"grid": gt.shape[0], "status": status, **{k: statistics.median(v) for k, v in t.items()}}
 
 
@@ -146,8 +155,6 @@ def bench_pipeline(anatomy: str, model: str, n_cases: int, workers: int) -> dict
     from xray3d.callbacks.metrics_report import evaluate_case
     from xray3d.clinical.cache import MeasurementCache
     from xray3d.clinical.cli import load_measure
-    from xray3d.clinical.evaluate import measure_pair
-    from xray3d.metrics.image import binary_metrics
 
     gt, affine, spacing = load_case(anatomy)
     pred = fake_prediction(gt)
@@ -165,12 +172,11 @@ def bench_pipeline(anatomy: str, model: str, n_cases: int, workers: int) -> dict
             net(ap, lat)
         out["forward only"] = (time.perf_counter() - t0) / n_cases
         t0 = time.perf_counter()
+        args = (pred, gt, spacing, 1.5, (measure, affine, cache))
         for _ in range(n_cases):
             net(ap, lat)
-            binary_metrics(pred, gt, spacing)
-            measure_pair(measure, gt, pred, affine, cache)
+            evaluate_case(*args)  # as MetricsReport(workers=0) does after each batch
         out["inline"] = (time.perf_counter() - t0) / n_cases
-        args = (pred, gt, spacing, 1.5, (measure, affine, cache))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             pool.submit(evaluate_case, *args).result()  # start the workers
             t0 = time.perf_counter()
@@ -200,21 +206,19 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     print(f"torch threads {args.threads}, median of {args.repeats}; forward = no-grad, batch 1")
-    cols = ["anatomy", "grid", "metrics s", "clinical s (GT+pred)", "eval s", "eval s, GT cached"]
-    cols += [f"{m} fwd s (eval / eval GT cached, per fwd)" for m in args.models] + ["clinical"]
+    cols = ["anatomy", "grid", "metrics s", "clinical s (GT+pred / pred)", "case s (GT measured / cached)"]
+    cols += [f"{m} fwd s (case / case GT cached, per fwd)" for m in args.models] + ["clinical"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     fwd: dict[tuple[str, int], float] = {}
     for anatomy in args.anatomies:
         r = bench_eval(anatomy, args.repeats)
-        grid, ev = r["grid"], r["metrics"] + r["clinical"]
-        cached = r["metrics"] + r["clinical_cached"]
+        grid, ev, cached = r["grid"], r["case"], r["case_cached"]
         cells = [
             anatomy,
             f"{grid}³",
             f"{r['metrics']:.3f}",
-            f"{r['clinical']:.3f}",
-            f"{ev:.3f}",
-            f"{cached:.3f}",
+            f"{r['clinical']:.3f} / {r['clinical_cached']:.3f}",
+            f"{ev:.3f} / {cached:.3f}",
         ]
         for model in args.models:
             if (model, grid) not in fwd:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xray3d.callbacks.metrics_report import MetricsReport
+from xray3d.callbacks.metrics_report import MetricsReport, evaluate_case
 from xray3d.clinical.base import validate_mask, voxel_points_mm
 from xray3d.metrics.image import binary_metrics
 
@@ -56,7 +56,8 @@ def _run(tmp_path, measure, workers: int, data_dir=None):
     module = SimpleNamespace(case_rows={"test": []}, defer_test_metrics=False, nsd_tolerance_mm=1.5)
     cb = MetricsReport(str(tmp_path), labels={"model": "toy"}, workers=workers, n_boot=50)
     cb.on_test_epoch_start(trainer, module)
-    assert module.defer_test_metrics == (workers > 0)
+    # the callback evaluates whole cases when it runs workers or measures clinical parameters
+    assert module.defer_test_metrics == (workers > 0 or measure is not None)
     for k, shifts in enumerate(([1, 2], [3, 0])):
         batch, outputs = _batch(shifts, 2 * k)
         _test_step(module, batch, outputs)
@@ -103,6 +104,22 @@ def test_background_image_metrics_equal_the_inline_ones(tmp_path):
     pd.testing.assert_frame_equal(inline[cols], background[cols])
     assert inline["dice"].tolist() == pytest.approx([0.75, 0.5, 0.25, 0.0])
     assert bool(inline.loc[3, "empty_pred"])
+    # without clinical parameters the module's own test_step metrics are used: the same values
+    by_module, _ = _run(tmp_path / "module", None, workers=0)
+    pd.testing.assert_frame_equal(inline[cols[:6]], by_module[cols[:6]])
+
+
+def test_evaluate_case_overlapped_equals_sequential():
+    gt = np.zeros((20, 20, 20), bool)
+    gt[5:14, 4:12, 6:15] = True
+    pred = np.roll(gt, (1, -2, 1), (0, 1, 2))
+    pred[8:10, 8:10, 8:10] = False
+    args = (pred, gt, 1.5, 1.5, (centre_measure, np.diag([1.5, 1.5, 1.5, 1.0]), None))
+    overlapped, sequential = evaluate_case(*args), evaluate_case(*args, overlap=False)
+    assert overlapped == sequential and overlapped[1]["clinical_status"] == "ok"
+    assert overlapped[0] == binary_metrics(pred, gt, 1.5, 1.5)
+    with pytest.raises(ValueError):  # an error in the metrics thread reaches the caller
+        evaluate_case(pred[:-1], gt, 1.5, 1.5, args[-1])
 
 
 CALLS: list[int] = []

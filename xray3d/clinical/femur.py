@@ -67,6 +67,31 @@ from xray3d.clinical.geometry import (
 __all__ = ["measure"]
 
 
+def _slice_index(
+    points: np.ndarray, origin: np.ndarray, direction: np.ndarray, width: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Slices of thickness ``width`` along ``direction``, from the smallest projection of the points.
+
+    Returns (slice index of every point, voxel count per slice, projection of the first slice's start).
+    """
+    t = (points - origin) @ direction
+    t0 = float(t.min())
+    k = np.floor((t - t0) / width).astype(int)
+    return k, np.bincount(k).astype(float), t0
+
+
+def _slice_centroids(
+    points: np.ndarray, k: np.ndarray, counts: np.ndarray, first: int = 0, stop: int | None = None
+) -> np.ndarray:
+    """Centroids (K, 3) of the slices ``first`` to ``stop - 1`` (the others are left at 0)."""
+    n = len(counts)
+    if first > 0 or (stop is not None and stop < n):  # the same per-slice sums, over those points only
+        keep = (k >= first) & (k < (n if stop is None else stop))
+        k, points = k[keep], np.compress(keep, points, axis=0)
+    sums = np.stack([np.bincount(k, weights=points[:, i], minlength=n) for i in range(3)], axis=1)
+    return sums / np.maximum(counts, 1)[:, None]
+
+
 def _slice_stats(
     points: np.ndarray, origin: np.ndarray, direction: np.ndarray, width: float, voxel_volume: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -75,15 +100,9 @@ def _slice_stats(
     Returns (slice centre positions t, areas mm^2, centroids (K, 3), voxel counts) for slices of
     thickness ``width`` starting at the smallest projection.
     """
-    t = (points - origin) @ direction
-    t0 = float(t.min())
-    k = np.floor((t - t0) / width).astype(int)
-    n = int(k.max()) + 1
-    counts = np.bincount(k, minlength=n).astype(float)
-    sums = np.stack([np.bincount(k, weights=points[:, i], minlength=n) for i in range(3)], axis=1)
-    centroids = sums / np.maximum(counts, 1)[:, None]
-    centres = t0 + (np.arange(n) + 0.5) * width
-    return centres, counts * voxel_volume / width, centroids, counts
+    k, counts, t0 = _slice_index(points, origin, direction, width)
+    centres = t0 + (np.arange(len(counts)) + 0.5) * width
+    return centres, counts * voxel_volume / width, _slice_centroids(points, k, counts), counts
 
 
 def _surface_normals(mask: np.ndarray, idx: np.ndarray, affine: np.ndarray, sigma: float = 1.5) -> np.ndarray:
@@ -157,10 +176,12 @@ def _diaphysis_axis(
     width = max(1.0, h)
     margin = max(3.0, 2 * h)
     d = unit(direction)
+    n_ref = max(int(np.ceil(10.0 / width)), 3)
     centre, length = np.zeros(3), 0.0
     for _ in range(3):
-        _, areas, cents, counts = _slice_stats(points, points[int(np.argmax(points @ d))], -d, width, vol)
-        n_ref = max(int(np.ceil(10.0 / width)), 3)
+        end = points[int(np.argmax(points @ d))]
+        k, counts, _ = _slice_index(points, end, -d, width)
+        areas = counts * vol / width
         first = int(np.ceil(margin / width))
         if len(areas) < first + 3 * n_ref:
             raise ClinicalError("femur mask too short to hold a diaphysis (shaft) segment")
@@ -171,14 +192,14 @@ def _diaphysis_axis(
         above = np.nonzero(areas[first:] > 1.25 * area_ref)[0]
         stop = first + (int(above[0]) if len(above) else len(areas) - first)
         stop = first + int(np.ceil(0.85 * (stop - first)))  # keep away from the flare / trochanters
-        sel = np.arange(first, stop)
-        length = len(sel) * width
+        length = (stop - first) * width
         if length < min_shaft_mm:
             raise ClinicalError(
                 f"only {length:.0f} mm of straight diaphysis found below the trochanters (need >= "
                 f"{min_shaft_mm:.0f} mm): the shaft is missing or cut too short by the field of view"
             )
-        centre, d_new = fit_line(cents[sel], counts[sel])
+        cents = _slice_centroids(points, k, counts, first, stop)  # centroids of the shaft slices only
+        centre, d_new = fit_line(cents[first:stop], counts[first:stop])
         d = d_new if d_new @ d > 0 else -d_new
     return centre, d, length
 
@@ -205,7 +226,8 @@ def _head_fit(
         if sel.sum() < 50:
             raise ClinicalError("no spherical femoral head surface found near the expected head position")
         # the intermediate fits only choose the next band: 0.01 mm is precise enough for them
-        c, r, _ = fit_sphere(surface[sel], c, r, min_scale=0.3 * h, tol_mm=1e-4 if it == 5 else 1e-2)
+        tol_mm = 1e-4 if it == 5 else 1e-2
+        c, r, _ = fit_sphere(np.compress(sel, surface, axis=0), c, r, min_scale=0.3 * h, tol_mm=tol_mm)
         band = max(final_band, 0.6 * band)
     return c, r, sel
 
@@ -217,7 +239,7 @@ def _neck_direction(points: np.ndarray, centre: np.ndarray, radius: float) -> np
     shell = (dist2 > (1.05 * radius) ** 2) & (dist2 < (1.05 * radius + 12.0) ** 2)
     if shell.sum() < 10:
         raise ClinicalError("the femoral head is not attached to a neck (isolated sphere-like blob)")
-    return unit(points[shell].mean(0) - centre)
+    return unit(np.compress(shell, points, axis=0).mean(0) - centre)
 
 
 def _neck_axis(
@@ -243,14 +265,14 @@ def _neck_axis(
     rel = points - centre
     rel2 = np.einsum("ij,ij->i", rel, rel)
     inside = rel2 < reach**2
-    points, rel, rel2 = points[inside], rel[inside], rel2[inside]
+    points, rel, rel2 = (np.compress(inside, a, axis=0) for a in (points, rel, rel2))
     for _ in range(4):
         t_max = max((foot - centre) @ d, radius + 5.0)  # the neck ends at the diaphysis axis
         t = rel @ d
         sel = (t > 0.3 * radius) & (t < t_max) & (rel2 - t * t < (1.1 * radius) ** 2)
         if sel.sum() < 20:
             raise ClinicalError("femoral neck not found between the head and the shaft")
-        _, areas, cents, counts = _slice_stats(points[sel], centre, d, width, vol)
+        _, areas, cents, counts = _slice_stats(np.compress(sel, points, axis=0), centre, d, width, vol)
         smooth = np.convolve(areas, np.ones(3) / 3, mode="same")
         valid = counts > 0
         valid[:1] = valid[-1:] = False  # ends of the search range are partial slices
@@ -350,9 +372,9 @@ def measure(
     c0, r0 = points[cand][i_seed], float(edt_vals[cand][i_seed])
     neck_dir = _neck_direction(points, c0, r0)
     rel = points - c0
-    points_near = points[np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 60.0) ** 2]
+    points_near = np.compress(np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 60.0) ** 2, points, axis=0)
     rel = surface - c0
-    surface = surface[np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 20.0) ** 2]
+    surface = np.compress(np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 20.0) ** 2, surface, axis=0)
     centre, radius, _ = _head_fit(surface, c0, r0, neck_dir, 55.0, h)
     neck_dir = _neck_direction(points_near, centre, radius)
     neck_centre, neck_dir, neck_area = _neck_axis(
