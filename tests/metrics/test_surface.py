@@ -87,3 +87,20 @@ def test_mostly_shared_surface_equals_the_library():
     d = surface_distances(gt, pred, (1.0, 1.0, 2.0))
     assert 0.2 < (d["distances_gt_to_pred"] == 0).mean() < 0.9
     _assert_same(gt, pred, (1.0, 1.0, 2.0))
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.3, 2.5)])
+def test_lattice_search_and_kd_tree_fallback_equal_the_library(monkeypatch, radius, spacing):
+    """Near voxels are found on the lattice, far ones (beyond the radius) by the k-d tree: both exact."""
+    import xray3d.metrics.surface as surface
+
+    monkeypatch.setattr(surface, "_LATTICE_RADIUS", radius)
+    gt = np.zeros((40, 36, 30), bool)
+    gt[5:20, 6:25, 4:18] = True
+    pred = np.roll(gt, (1, 2, -1), (0, 1, 2))  # near: within a few voxels
+    pred[28:36, 25:33, 20:28] = True  # a far fragment (> 8 voxels from the ground truth)
+    pred[10:14, 10:14, 8:12] = False  # a hole
+    _assert_same(gt, pred, spacing)
+    hits, far = surface._nearest_by_lattice(np.argwhere(pred), gt, np.asarray(spacing), radius)
+    assert (len(far) > 0) and (radius == 0 or np.isfinite(hits).sum() > 0)
