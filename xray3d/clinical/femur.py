@@ -211,15 +211,25 @@ def _head_fit(
     neck_dir: np.ndarray,
     cone_deg: float,
     h: float,
-) -> tuple[np.ndarray, float, np.ndarray]:
-    """Robust sphere fit on surface points near the current sphere, outside the neck cone."""
+    margin_mm: float = 5.0,
+) -> tuple[np.ndarray, float]:
+    """Robust sphere fit on surface points near the current sphere, outside the neck cone.
+
+    The points are pre-selected once in a shell around the starting sphere, ``margin_mm`` wider than
+    the first band; while the sphere moves (centre + radius) by less than that margin, every band
+    point lies in the shell, so the fits see exactly the points of the whole surface.
+    """
     cos_cone = np.cos(np.radians(cone_deg))
     band = max(3.0, 0.25 * radius)
     final_band = max(1.5, 1.5 * h)
     c, r = centre, radius
-    sel = np.zeros(len(surface), dtype=bool)
+    rel = surface - centre
+    shell = np.abs(np.sqrt(np.einsum("ij,ij->i", rel, rel)) - radius) < band + margin_mm
+    pts = np.compress(shell, surface, axis=0)
     for it in range(6):
-        d = surface - c
+        if np.linalg.norm(c - centre) + abs(r - radius) >= margin_mm:  # moved beyond the shell
+            pts = surface
+        d = pts - c
         dist = np.linalg.norm(d, axis=1)
         outside_cone = (d @ neck_dir) < cos_cone * dist
         sel = outside_cone & (np.abs(dist - r) < band)
@@ -227,9 +237,9 @@ def _head_fit(
             raise ClinicalError("no spherical femoral head surface found near the expected head position")
         # the intermediate fits only choose the next band: 0.01 mm is precise enough for them
         tol_mm = 1e-4 if it == 5 else 1e-2
-        c, r, _ = fit_sphere(np.compress(sel, surface, axis=0), c, r, min_scale=0.3 * h, tol_mm=tol_mm)
+        c, r, _ = fit_sphere(np.compress(sel, pts, axis=0), c, r, min_scale=0.3 * h, tol_mm=tol_mm)
         band = max(final_band, 0.6 * band)
-    return c, r, sel
+    return c, r
 
 
 def _neck_direction(points: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
@@ -375,14 +385,14 @@ def measure(
     points_near = np.compress(np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 60.0) ** 2, points, axis=0)
     rel = surface - c0
     surface = np.compress(np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 20.0) ** 2, surface, axis=0)
-    centre, radius, _ = _head_fit(surface, c0, r0, neck_dir, 55.0, h)
+    centre, radius = _head_fit(surface, c0, r0, neck_dir, 55.0, h)
     neck_dir = _neck_direction(points_near, centre, radius)
     neck_centre, neck_dir, neck_area = _neck_axis(
         points_near, centre, radius, neck_dir, (shaft_pt, shaft_dir), h, vol
     )
     neck_radius = float(np.sqrt(neck_area / np.pi))
     cone = float(np.degrees(np.arcsin(min(neck_radius / radius, 0.95)))) + 12.0
-    centre, radius, sel = _head_fit(surface, centre, radius, neck_dir, cone, h)
+    centre, radius = _head_fit(surface, centre, radius, neck_dir, cone, h)
     if not head_radius_range_mm[0] <= radius <= head_radius_range_mm[1]:
         raise ClinicalError(
             f"fitted femoral head radius {radius:.1f} mm is outside {head_radius_range_mm} mm: no head found "
