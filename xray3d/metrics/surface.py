@@ -12,7 +12,8 @@ unchanged. Three steps differ, all exact:
   smallest spacing nearest first (the first hit is the nearest: every voxel outside that ball is
   farther); only the voxels with nothing in the ball get a nearest-neighbour query in a k-d tree
   (``scipy.spatial.cKDTree``) over the border voxels' positions in mm. No distance transform of the
-  whole cropped volume is computed;
+  whole cropped volume is computed. On the real femur a prediction 1-2 voxels off takes 3-4x less time
+  than with the k-d tree alone, one 8-16 voxels off about 15 % more;
 * the (distance, area) pairs are sorted with ``numpy.lexsort`` instead of Python's ``sorted`` over
   tuples;
 * the 2x2x2 neighbourhood codes are 8 shifted additions instead of a generic ``ndimage.correlate``.
