@@ -152,8 +152,8 @@ def _shaft_direction(
     for it in range(6):
         s = surf @ d
         near_end = s > s.max() - depth_mm
-        todo = (s > s.max() - depth_mm - slack_mm) & ~known if (near_end & ~known).any() else None
-        if todo is not None:
+        if (near_end & ~known).any():  # normals needed that are not computed yet
+            todo = (s > s.max() - depth_mm - slack_mm) & ~known
             normals[todo] = _surface_normals(mask, boundary[todo], affine)
             known |= todo
         valid = near_end & ~np.isnan(normals[:, 0])

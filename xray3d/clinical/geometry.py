@@ -115,25 +115,19 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(fill_voids.fill(np.ascontiguousarray(mask, dtype=bool), in_place=False))
 
 
-def _face_neighbours(padded: np.ndarray):
-    """(axis, step, view of the 6-neighbour at index + step along axis) for the interior of ``padded``."""
-    inner = (slice(1, -1),) * padded.ndim
-    for axis in range(padded.ndim):
-        for step in (-1, 1):
-            shifted = list(inner)
-            shifted[axis] = slice(1 + step, padded.shape[axis] - 1 + step)
-            yield axis, step, padded[tuple(shifted)]
-
-
 def boundary_voxels(mask: np.ndarray) -> np.ndarray:
     """Indices (N, 3), in C order, of the foreground voxels with a background 6-neighbour.
 
     The array border counts as background, so this is ``np.argwhere(mask & ~ndimage.binary_erosion(mask))``.
     """
     mask = np.asarray(mask, dtype=bool)
+    padded = np.pad(mask, 1)
     interior = mask.copy()
-    for _, _, neighbour in _face_neighbours(np.pad(mask, 1)):
-        interior &= neighbour
+    for axis in range(3):
+        for step in (-1, 1):  # the neighbour at index + step along ``axis``, as a shifted view
+            shifted = [slice(1, -1)] * 3
+            shifted[axis] = slice(1 + step, padded.shape[axis] - 1 + step)
+            interior &= padded[tuple(shifted)]
     return np.argwhere(mask & ~interior)
 
 

@@ -77,7 +77,11 @@ def _nearest_by_lattice(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact distance (mm) from each ``src`` voxel to the nearest foreground voxel of ``dst_volume`` when
     one lies within ``radius`` x the smallest spacing: the offsets of that ball are tried nearest first
-    (every voxel outside the ball is farther). Returns (distances, indices of the ``src`` rows found)."""
+    (every voxel outside the ball is farther).
+
+    Returns:
+        (distances, NaN where none was found; indices of the ``src`` rows with none in the ball).
+    """
     offsets, lengths = _ball_offsets(tuple(float(v) for v in spacing), radius)
     padded = np.pad(dst_volume, radius).ravel()
     shape = np.array(dst_volume.shape) + 2 * radius
