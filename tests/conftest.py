@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from xray3d.pipeline.train import CONF_DIR  # noqa: E402
+from xray3d import CONF_DIR  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -8,7 +8,7 @@ import hydra
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from xray3d.pipeline.train import CONF_DIR
+from xray3d import CONF_DIR
 
 from .conftest import compose_cfg
 

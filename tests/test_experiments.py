@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xray3d.pipeline.train import CONF_DIR
+from xray3d import CONF_DIR
 
 from .conftest import compose_cfg
 

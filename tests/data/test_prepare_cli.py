@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from xray3d.data.prepare_cli import PREPARERS, main
-from xray3d.pipeline.train import CONF_DIR
+from xray3d import CONF_DIR
 from xray3d.testing import FixtureUnavailable
 
 

@@ -21,10 +21,10 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from xray3d import CONF_DIR
 from xray3d.models.module import ReconstructionModule
 from xray3d.models.nets.tl_embedding import TLAutoEncoder
 from xray3d.pipeline import evaluate, train
-from xray3d.pipeline.train import CONF_DIR
 
 from ..conftest import compose_cfg
 

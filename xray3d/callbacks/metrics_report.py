@@ -15,7 +15,7 @@ import pandas as pd
 from lightning.pytorch.loggers import WandbLogger
 
 from xray3d.baselines import mean_shape
-from xray3d.clinical.cache import MeasurementCache
+from xray3d.clinical.cache import MeasurementCache, dataset_cache_dir
 from xray3d.clinical.evaluate import measure_pair
 from xray3d.data.io import write_csv_atomic, write_json_atomic, write_text_atomic
 from xray3d.metrics.evaluation_report import write_evaluation_report
@@ -147,7 +147,7 @@ class MetricsReport(L.Callback):
         measure, data_dir = self._measure(trainer), getattr(trainer.datamodule, "data_dir", None)
         self._gt_measure = None
         if measure is not None and self.gt_cache and data_dir is not None:
-            self._gt_measure = MeasurementCache(Path(data_dir) / ".clinical_cache", measure)
+            self._gt_measure = MeasurementCache(dataset_cache_dir(data_dir), measure)
         can_defer = hasattr(pl_module, "defer_test_metrics")
         if self.workers > 0 and not can_defer:
             log.warning(
@@ -168,8 +168,7 @@ class MetricsReport(L.Callback):
 
     def _add(self, sid: str, metrics: dict, row: dict | None, record: dict | None) -> None:
         """Hand a case's image metrics to the LightningModule (it logs their means after this callback)."""
-        if self._module is not None:
-            self._module.case_rows["test"].append({"sample_id": sid, **metrics})
+        self._module.case_rows["test"].append({"sample_id": sid, **metrics})
         if row is not None:
             self._store(sid, row, record)
 

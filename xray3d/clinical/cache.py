@@ -23,7 +23,7 @@ import numpy as np
 from xray3d.clinical.base import ClinicalError
 from xray3d.data.io import write_text_atomic
 
-__all__ = ["MeasurementCache", "measure_key"]
+__all__ = ["MeasurementCache", "dataset_cache_dir", "measure_key"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ def _describe(fn: Any) -> str:
     if hasattr(fn, "measure"):  # ClinicalMeasure
         return f"{type(fn).__name__}[{_describe(fn.measure)}]"
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def dataset_cache_dir(data_dir: str | Path) -> Path:
+    """The clinical cache folder of a prepared dataset: ``<data_dir>/.clinical_cache``."""
+    return Path(data_dir) / ".clinical_cache"
 
 
 def measure_key(measure: Callable) -> str:

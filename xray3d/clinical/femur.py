@@ -69,15 +69,14 @@ __all__ = ["measure"]
 
 def _slice_index(
     points: np.ndarray, origin: np.ndarray, direction: np.ndarray, width: float
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Slices of thickness ``width`` along ``direction``, from the smallest projection of the points.
 
-    Returns (slice index of every point, voxel count per slice, projection of the first slice's start).
+    Returns (slice index of every point, voxel count per slice).
     """
     t = (points - origin) @ direction
-    t0 = float(t.min())
-    k = np.floor((t - t0) / width).astype(int)
-    return k, np.bincount(k).astype(float), t0
+    k = np.floor((t - float(t.min())) / width).astype(int)
+    return k, np.bincount(k).astype(float)
 
 
 def _slice_centroids(
@@ -94,15 +93,11 @@ def _slice_centroids(
 
 def _slice_stats(
     points: np.ndarray, origin: np.ndarray, direction: np.ndarray, width: float, voxel_volume: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cross sections of a voxel point cloud along ``direction``.
-
-    Returns (slice centre positions t, areas mm^2, centroids (K, 3), voxel counts) for slices of
-    thickness ``width`` starting at the smallest projection.
-    """
-    k, counts, t0 = _slice_index(points, origin, direction, width)
-    centres = t0 + (np.arange(len(counts)) + 0.5) * width
-    return centres, counts * voxel_volume / width, _slice_centroids(points, k, counts), counts
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cross sections of a voxel point cloud along ``direction``: (areas mm^2, centroids (K, 3), voxel
+    counts) of slices of thickness ``width`` starting at the smallest projection."""
+    k, counts = _slice_index(points, origin, direction, width)
+    return counts * voxel_volume / width, _slice_centroids(points, k, counts), counts
 
 
 def _surface_normals(mask: np.ndarray, idx: np.ndarray, affine: np.ndarray, sigma: float = 1.5) -> np.ndarray:
@@ -180,7 +175,7 @@ def _diaphysis_axis(
     centre, length = np.zeros(3), 0.0
     for _ in range(3):
         end = points[int(np.argmax(points @ d))]
-        k, counts, _ = _slice_index(points, end, -d, width)
+        k, counts = _slice_index(points, end, -d, width)
         areas = counts * vol / width
         first = int(np.ceil(margin / width))
         if len(areas) < first + 3 * n_ref:
@@ -282,7 +277,7 @@ def _neck_axis(
         sel = (t > 0.3 * radius) & (t < t_max) & (rel2 - t * t < (1.1 * radius) ** 2)
         if sel.sum() < 20:
             raise ClinicalError("femoral neck not found between the head and the shaft")
-        _, areas, cents, counts = _slice_stats(np.compress(sel, points, axis=0), centre, d, width, vol)
+        areas, cents, counts = _slice_stats(np.compress(sel, points, axis=0), centre, d, width, vol)
         smooth = np.convolve(areas, np.ones(3) / 3, mode="same")
         valid = counts > 0
         valid[:1] = valid[-1:] = False  # ends of the search range are partial slices

@@ -10,7 +10,7 @@ import cc3d
 import fill_voids
 import numpy as np
 
-from xray3d.clinical.base import ClinicalError
+from xray3d.clinical.base import ClinicalError, index_points_mm
 from xray3d.metrics.surface import foreground_ranges
 
 __all__ = [
@@ -156,9 +156,7 @@ def surface_points_mm(mask: np.ndarray, affine: np.ndarray, boundary: np.ndarray
             idx = boundary[exposed].astype(float)
             idx[:, axis] += 0.5 * step
             faces.append(idx)
-    idx = np.concatenate(faces)
-    affine = np.asarray(affine, dtype=float)
-    return idx @ affine[:3, :3].T + affine[:3, 3]
+    return index_points_mm(np.concatenate(faces), affine)
 
 
 def fit_line(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

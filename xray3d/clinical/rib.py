@@ -48,7 +48,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
 from skimage.morphology import skeletonize
 
-from xray3d.clinical.base import ClinicalError, validate_mask
+from xray3d.clinical.base import ClinicalError, index_points_mm, validate_mask
 from xray3d.clinical.geometry import crop_to_foreground, fill_holes, label_components, voxel_spacing
 
 __all__ = ["Rib", "measure", "rib_centrelines"]
@@ -139,7 +139,7 @@ def _centreline(comp: np.ndarray, affine: np.ndarray, smooth_mm: float) -> tuple
         raise ClinicalError("a rib component is too small or too thick to have a centreline")
     idx, graph = _skeleton_graph(skel, affine)
     path, path_len, tree_len = _longest_path(graph)
-    pts = idx[path] @ affine[:3, :3].T + affine[:3, 3]
+    pts = index_points_mm(idx[path], affine)
     seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
     s = np.concatenate([[0.0], np.cumsum(seg)])
     n = max(int(np.ceil(s[-1])) + 1, 2)

@@ -75,7 +75,7 @@ from scipy import ndimage, optimize
 from scipy.spatial import cKDTree
 from skimage.measure import find_contours
 
-from xray3d.clinical.base import ClinicalError, validate_mask
+from xray3d.clinical.base import ClinicalError, index_points_mm, validate_mask
 from xray3d.clinical.geometry import (
     crop_to_foreground,
     fill_holes,
@@ -93,9 +93,12 @@ _WORLD_ANTERIOR = np.array([0.0, 1.0, 0.0])
 _WORLD_SUPERIOR = np.array([0.0, 0.0, 1.0])
 
 
-def _plane_normal(alpha: float, beta: float) -> np.ndarray:
-    """Normal tilted from world right by ``alpha`` (towards anterior) and ``beta`` (towards superior), rad."""
-    return unit(_WORLD_RIGHT + np.tan(alpha) * _WORLD_ANTERIOR + np.tan(beta) * _WORLD_SUPERIOR)
+def _plane_normal(alpha: float | np.ndarray, beta: float | np.ndarray) -> np.ndarray:
+    """Unit normal(s) tilted from world right by ``alpha`` (towards anterior) and ``beta`` (towards
+    superior), rad; arrays of angles give one normal per row (K, 3)."""
+    alpha, beta = np.asarray(alpha, dtype=float)[..., None], np.asarray(beta, dtype=float)[..., None]
+    n = _WORLD_RIGHT + np.tan(alpha) * _WORLD_ANTERIOR + np.tan(beta) * _WORLD_SUPERIOR
+    return n / np.linalg.norm(n, axis=-1, keepdims=True)
 
 
 def _symmetry_plane(
@@ -106,10 +109,7 @@ def _symmetry_plane(
 
     def costs(params: np.ndarray, points: np.ndarray = points) -> np.ndarray:
         """Mean mirrored distance of each row (alpha, beta, offset) of ``params``, in one interpolation."""
-        normals = (
-            _WORLD_RIGHT + np.tan(params[:, :1]) * _WORLD_ANTERIOR + np.tan(params[:, 1:2]) * _WORLD_SUPERIOR
-        )
-        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        normals = _plane_normal(params[:, 0], params[:, 1])
         d = normals @ centre + params[:, 2]
         signed = points @ normals.T - d  # (N, K)
         mirrored = points[None] - 2.0 * signed.T[:, :, None] * normals[:, None, :]  # (K, N, 3)
@@ -124,7 +124,7 @@ def _symmetry_plane(
     grid = np.linspace(-lim, lim, 2 * int(np.ceil(max_tilt_deg / 6.0)) + 1)
     aa, bb = np.meshgrid(grid, grid, indexing="ij")
     starts = np.stack([aa.ravel(), bb.ravel(), np.zeros(aa.size)], axis=1)
-    x0 = starts[int(np.argmin(costs(starts, points[:750])))]  # a coarse start: a quarter of the points
+    x0 = starts[int(np.argmin(costs(starts, points[:750])))]  # a coarse start on 750 of the points
     step = np.deg2rad(3.0)
     simplex = np.array([x0, x0 + [step, 0, 0], x0 + [0, step, 0], x0 + [0, 0, 1.0]])
     res = optimize.minimize(
@@ -218,7 +218,7 @@ def measure(
     # 2. mid-sagittal symmetry plane
     surface = surface_points_mm(crop, crop_affine)
     idx = np.argwhere(crop)
-    centroid = idx.mean(0) @ crop_affine[:3, :3].T + crop_affine[:3, 3]
+    centroid = index_points_mm(idx.mean(0)[None], crop_affine)[0]
     shell = crop & ~ndimage.binary_erosion(crop)
     dist = ndimage.distance_transform_edt(~shell, sampling=spacing).astype(np.float32)
     sample = surface[np.random.default_rng(0).permutation(len(surface))[:3000]]

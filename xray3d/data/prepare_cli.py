@@ -71,6 +71,7 @@ def _measure_test_ground_truths(name: str, rest: Sequence[str]) -> None:
     from hydra.utils import instantiate
 
     from xray3d import CONF_DIR
+    from xray3d.clinical.cache import dataset_cache_dir
     from xray3d.pipeline.measure_gt import measure_ground_truths
 
     overrides = [f"data={name}", f"data.data_dir={args.out}", "data.prepare=null"]
@@ -86,7 +87,7 @@ def _measure_test_ground_truths(name: str, rest: Sequence[str]) -> None:
         GlobalHydra.instance().clear()
     print(
         f"ground truths of the test split: {result['n']} ({result['cached']} already cached, "
-        f"{result['measured']} measured, {len(result['failed'])} not measurable) in {args.out}/.clinical_cache"
+        f"{result['measured']} measured, {len(result['failed'])} not measurable) in {dataset_cache_dir(args.out)}"
     )
 
 

@@ -142,10 +142,8 @@ def aggregate(root: str | Path, out_dir: str | Path | None = None, n_boot: int =
         metrics = [m for m in METRIC_KEYS if m in df]
         table = summary_table(df, group_cols=("anatomy", "model"), metrics=metrics, n_boot=n_boot, seed=seed)
         write_csv_atomic(table, out / "benchmark_table.csv")
-        write_table(table, out / "benchmark_table")
-        files.update(
-            benchmark_md=str(out / "benchmark_table.md"), benchmark_tex=str(out / "benchmark_table.tex")
-        )
+        md, tex = write_table(table, out / "benchmark_table")
+        files.update(benchmark_md=str(md), benchmark_tex=str(tex))
         # spec §8.1: per model, the mean over anatomies of the per-anatomy mean (no CI needed)
         stats = summary_stats(df, group_cols=("anatomy", "model"), metrics=metrics, n_boot=1, seed=seed)
         overall = stats.pivot_table(index="model", columns="metric", values="mean", aggfunc="mean")

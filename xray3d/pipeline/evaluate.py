@@ -8,8 +8,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from xray3d import CONF_DIR
 from xray3d.callbacks.metrics_report import MetricsReport
-from xray3d.pipeline.train import CONF_DIR, _finish_wandb, build, print_report, report_paths
+from xray3d.pipeline.train import _finish_wandb, build, print_report, report_paths
 from xray3d.utils.instantiate import save_run_info
 
 __all__ = ["run", "main", "train_choice"]

@@ -20,7 +20,6 @@ import logging
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import hydra
 import numpy as np
@@ -28,7 +27,7 @@ from omegaconf import DictConfig
 
 from xray3d import CONF_DIR
 from xray3d.clinical.base import ClinicalError
-from xray3d.clinical.cache import MeasurementCache
+from xray3d.clinical.cache import MeasurementCache, dataset_cache_dir
 
 __all__ = ["measure_ground_truths", "main"]
 
@@ -66,7 +65,7 @@ def measure_ground_truths(datamodule, splits: Sequence[str] = ("test",), workers
     unknown = set(splits) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"unknown splits {sorted(unknown)}: choose from train, val, test")
-    cache = MeasurementCache(Path(datamodule.data_dir) / ".clinical_cache", measure)
+    cache = MeasurementCache(dataset_cache_dir(datamodule.data_dir), measure)
     pool = None
     if workers > 0:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -109,7 +108,7 @@ def main(cfg: DictConfig) -> None:
     for stage, r in result.items():
         print(
             f"{stage}: {r['n']} ground truths, {r['cached']} already cached, {r['measured']} measured, "
-            f"{len(r['failed'])} not measurable -> {Path(datamodule.data_dir) / '.clinical_cache'}"
+            f"{len(r['failed'])} not measurable -> {dataset_cache_dir(datamodule.data_dir)}"
         )
         for sid, reason in r["failed"].items():
             print(f"  {sid}: {reason}")

@@ -13,7 +13,7 @@ from xray3d import CONF_DIR
 from xray3d.callbacks.metrics_report import MetricsReport
 from xray3d.utils.instantiate import config_digest, instantiate_list, log_hyperparameters, save_run_info
 
-__all__ = ["run", "main", "CONF_DIR"]
+__all__ = ["run", "main"]
 
 log = logging.getLogger(__name__)
 

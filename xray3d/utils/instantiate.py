@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["instantiate_list", "config_digest", "save_run_info", "log_hyperparameters", "mirror_to_wandb"]
@@ -79,7 +80,7 @@ def mirror_to_wandb(cfg: DictConfig, tables: dict, images: dict) -> bool:
     try:
         for lg in loggers:
             for key, df in tables.items():
-                lg.log_table(key=key, dataframe=df)
+                lg.log_table(key=key, dataframe=df.replace([np.inf, -np.inf], np.nan))  # W&B rejects inf
             if images:
                 lg.experiment.log({key: wandb.Image(str(path)) for key, path in images.items()})
     finally:
