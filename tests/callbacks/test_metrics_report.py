@@ -1,4 +1,5 @@
-"""MetricsReport: per test case image metrics and clinical parameters, inline or in background processes."""
+"""MetricsReport + evaluation engine: per test case image metrics and clinical parameters, inline or in
+background processes, written by rank 0."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from xray3d.callbacks.metrics_report import MetricsReport, evaluate_case
+from xray3d.callbacks.metrics_report import MetricsReport
 from xray3d.clinical.base import validate_mask, voxel_points_mm
+from xray3d.evaluation.engine import CaseEvaluator, evaluate_case, gather_cases
 from xray3d.metrics.image import binary_metrics
 
 
@@ -41,30 +43,35 @@ def _batch(shifts: list[int], start: int):
     return batch, {"pred": pred}
 
 
-def _test_step(module, batch, outputs) -> None:
-    """What XRay3DModule.test_step does with the image metrics (unless MetricsReport deferred them)."""
-    if module.defer_test_metrics:
-        return
-    for i, sid in enumerate(batch["sample_id"]):
-        metrics = binary_metrics(outputs["pred"][i, 0].numpy(), batch["mask"][i, 0].numpy() > 0.5, 2.0)
-        module.case_rows["test"].append({"sample_id": sid, **metrics})
+class FakeModule:
+    """What the callback needs of the LightningModule: evaluation options in, gathered rows out."""
+
+    def __init__(self) -> None:
+        self.case_rows: dict = {"test": []}
+        self.eval_stats: dict = {}
+        self.options: dict = {}
+
+    def configure_evaluation(self, stage: str, **options) -> None:
+        self.options[stage] = options
 
 
 def _run(tmp_path, measure, workers: int, data_dir=None):
+    """The test loop's flow: callback setup -> engine per batch -> gathered rows -> report on rank 0."""
     dm = SimpleNamespace(clinical=measure, group_by=("grp",), anatomy="toy", data_dir=data_dir)
-    trainer = SimpleNamespace(datamodule=dm, loggers=[])
-    module = SimpleNamespace(case_rows={"test": []}, defer_test_metrics=False, nsd_tolerance_mm=1.5)
+    trainer = SimpleNamespace(datamodule=dm, loggers=[], is_global_zero=True, world_size=1)
+    module = FakeModule()
     cb = MetricsReport(str(tmp_path), labels={"model": "toy"}, workers=workers, n_boot=50)
-    cb.on_test_epoch_start(trainer, module)
-    # the callback evaluates whole cases when it runs workers or measures clinical parameters
-    assert module.defer_test_metrics == (workers > 0 or measure is not None)
+    cb.setup(trainer, module, "test")
+    assert module.options["test"]["workers"] == workers
+    evaluator = CaseEvaluator(1.5, **module.options["test"])
     for k, shifts in enumerate(([1, 2], [3, 0])):
         batch, outputs = _batch(shifts, 2 * k)
-        _test_step(module, batch, outputs)
-        cb.on_test_batch_end(trainer, module, outputs, batch, k)
-    cb.on_test_epoch_end(trainer, module)
-    assert not module.defer_test_metrics  # reset for the next validation / test
-    assert [r["sample_id"] for r in module.case_rows["test"]] == ["c0", "c1", "c2", "c3"]
+        evaluator.add_batch(outputs["pred"], batch)
+    rows, extras = gather_cases(evaluator.finish(), evaluator.stats())
+    assert evaluator._pool is None  # the background pool is shut down
+    module.case_rows["test"], module.eval_stats["test"] = rows, extras[0]
+    assert [r["sample_id"] for r in rows] == ["c0", "c1", "c2", "c3"]
+    cb.on_test_end(trainer, module)
     return pd.read_csv(tmp_path / "metrics" / "per_case.csv"), cb
 
 
@@ -83,7 +90,6 @@ def test_clinical_rows_inline_and_in_background(tmp_path, workers):
     assert summary["dice_vs_clinical"][0]["error"] == "centre_err_mm"
     lines = (tmp_path / "metrics" / "clinical.jsonl").read_text().splitlines()
     assert [json.loads(x)["sample_id"] for x in lines] == ["c0", "c1", "c2", "c3"]
-    assert cb._pool is None
 
 
 def test_a_dead_worker_does_not_lose_cases(tmp_path):
@@ -104,9 +110,12 @@ def test_background_image_metrics_equal_the_inline_ones(tmp_path):
     pd.testing.assert_frame_equal(inline[cols], background[cols])
     assert inline["dice"].tolist() == pytest.approx([0.75, 0.5, 0.25, 0.0])
     assert bool(inline.loc[3, "empty_pred"])
-    # without clinical parameters the module's own test_step metrics are used: the same values
-    by_module, _ = _run(tmp_path / "module", None, workers=0)
-    pd.testing.assert_frame_equal(inline[cols[:6]], by_module[cols[:6]])
+    # without clinical parameters: the same image metrics, equal to binary_metrics of each case
+    plain, _ = _run(tmp_path / "plain", None, workers=0)
+    pd.testing.assert_frame_equal(inline[cols[:6]], plain[cols[:6]])
+    batch, outputs = _batch([1, 2], 0)
+    direct = binary_metrics(outputs["pred"][1, 0].numpy(), batch["mask"][1, 0].numpy() > 0.5, 2.0)
+    assert plain.loc[1, "hd95_mm"] == pytest.approx(direct["hd95_mm"])
 
 
 def test_evaluate_case_overlapped_equals_sequential():

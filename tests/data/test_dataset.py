@@ -40,7 +40,7 @@ def broken_copy(embedded_small, tmp_path):
 def test_each_bad_sample_is_skipped_with_its_file_named(broken_copy):
     root, rows = broken_copy
     ds = ManifestDataset(root, root / "manifest.csv", ["train", "val", "test"], "vertebra", 1.5, 64)
-    assert [s["sample_id"] for s in ds.samples] == ["chestct_vert-T7"]
+    assert ds.sample_ids == ["chestct_vert-T7"] == [m["sample_id"] for m in ds.metadata]
     reasons = {s["sample_id"]: s["reason"] for s in ds.skipped}
     assert (
         "corrupt or truncated" in reasons["chestct_vert-T1"]

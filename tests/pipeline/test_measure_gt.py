@@ -36,8 +36,10 @@ def test_measures_each_test_ground_truth_once_then_resumes(datamodule):
     assert first["test"]["measured"] + len(first["test"]["failed"]) == n
     assert len(_entries(datamodule)) == n
     cache = MeasurementCache(datamodule.data_dir / ".clinical_cache", datamodule.clinical)
-    for s in datamodule.dataset("test").samples:  # the keys the test-time report will look up
-        assert (s["mask"][0].numpy() > 0.5, s["affine"].double().numpy()) in cache
+    ds = datamodule.dataset("test")
+    for i in range(len(ds)):  # the keys the test-time report will look up: the collated item's mask, affine
+        item = ds[i]
+        assert (item["mask"][0].numpy() > 0.5, item["affine"].double().numpy()) in cache
     again = measure_ground_truths(datamodule, ("test",))
     assert again["test"]["cached"] == n and again["test"]["measured"] == 0
 
@@ -57,7 +59,7 @@ def test_unmeasurable_ground_truths_are_listed_and_cached_as_failures(datamodule
     datamodule.clinical = _always_fails
     result = measure_ground_truths(datamodule, ("test",))["test"]
     assert result["measured"] == 0
-    assert set(result["failed"]) == {s["sample_id"] for s in datamodule.dataset("test").samples}
+    assert set(result["failed"]) == set(datamodule.dataset("test").sample_ids)
     assert all("no posterior elements" in r for r in result["failed"].values())
     assert measure_ground_truths(datamodule, ("test",))["test"]["cached"] == result["n"]
 

@@ -61,7 +61,6 @@ def test_short_run_writes_checkpoint_report_and_baseline_then_eval(compose_train
     cols = ["sample_id", "dice", "hd95_mm", "asd_mm", "nsd", "clinical_status"]
     pd.testing.assert_frame_equal(bg[cols], inline[cols])
     assert bg_metrics["test/dice"] == pytest.approx(eval_metrics["test/dice"], abs=1e-6)
-    assert not objs["model"].defer_test_metrics
 
 
 def test_eval_missing_checkpoint_is_a_clear_error(tmp_path, embedded_small):

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
+from xray3d.data.array_cache import ensure_array_cache
 from xray3d.data.dataset import ManifestDataset
 from xray3d.data.io import DataError
 from xray3d.data.projection import BiplanarProjector
+from xray3d.data.sampling import EpochSampler, rank_seed
 
 __all__ = ["BiplanarDataModule"]
 
@@ -45,6 +47,17 @@ class BiplanarDataModule(L.LightningDataModule):
         clinical: ``measure(mask, affine) -> dict`` of the anatomy's clinical parameters
             (``conf/clinical/<anatomy>.yaml``), measured at test time on ground truth and prediction.
         group_by: manifest metadata columns the test report disaggregates by (subgroups).
+        seed: run seed (``${seed}``). The training sampler and the augmentation draws (pose, gamma,
+            noise) use their own generators seeded from ``(seed, global rank)``
+            (:func:`~xray3d.data.sampling.rank_seed`): distinct on every DDP rank, reproducible per rank.
+        pin_memory: page-locked host batches for asynchronous (``non_blocking``) copies to the GPU;
+            ``None`` = on when CUDA is available.
+
+    Under DDP each rank draws ``ceil(train_samples_per_epoch / world_size)`` training samples per
+    epoch (:class:`~xray3d.data.sampling.EpochSampler`), so an epoch holds the configured number of
+    samples whatever the number of GPUs. Validation and test use Lightning's distributed sampler,
+    which pads the last rank by repeating cases; the evaluation engine drops the repeats by
+    ``sample_id`` (:mod:`xray3d.evaluation.engine`).
     """
 
     def __init__(
@@ -66,6 +79,8 @@ class BiplanarDataModule(L.LightningDataModule):
         noise_std: float = 0.01,
         clinical: Callable[..., dict] | None = None,
         group_by: tuple[str, ...] = (),
+        seed: int = 0,
+        pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -87,7 +102,13 @@ class BiplanarDataModule(L.LightningDataModule):
         self.noise_std = float(noise_std)
         self.clinical = clinical
         self.group_by = tuple(group_by)
+        self.seed = int(seed)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.datasets: dict[str, ManifestDataset] = {}
+        self._generators: dict[str, torch.Generator] = {}
+        #: ``(2, 3)`` degrees added to the (AP, LAT) ZXY Euler angles of every non-training view
+        #: (angle-perturbation robustness, ``xray3d-robustness``); None = the reference poses
+        self.eval_rotation_offsets_deg: torch.Tensor | None = None
 
     @property
     def manifest(self) -> Path:
@@ -96,7 +117,11 @@ class BiplanarDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------- stages
     def prepare_data(self) -> None:
-        """Create the dataset once if it is missing and a preparer is configured."""
+        """Create the dataset once if it is missing and a preparer is configured, then its array cache.
+
+        Lightning calls this on one process per node (``prepare_data_per_node``) before the other ranks
+        read anything, so the memory-mapped cache of every split is built once, not once per rank.
+        """
         if self.prepare is not None:
             self.prepare(str(self.data_dir))
         elif not self.manifest.is_file():
@@ -104,6 +129,11 @@ class BiplanarDataModule(L.LightningDataModule):
                 f"no manifest at {self.manifest} and no data.prepare configured: prepare the dataset first "
                 "(see README: Datasets) or point data.data_dir at a prepared dataset"
             )
+        splits = sorted({s for names in self.splits.values() for s in names})
+        report = ensure_array_cache(
+            self.data_dir, self.manifest, self.anatomy, self.spacing_mm, self.grid_size, splits=splits
+        )
+        log.info("array cache of %s: %s", self.data_dir, {k: len(v) for k, v in report.items() if v})
 
     def dataset(self, stage: str) -> ManifestDataset:
         """The dataset of one stage ("train", "val" or "test"), loaded on first use."""
@@ -129,23 +159,41 @@ class BiplanarDataModule(L.LightningDataModule):
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for name in needed.get(stage or "fit", ("train", "val", "test")):
             self.dataset(name)
+        rank, world = self._rank()
+        if world > 1 and stage in (None, "fit"):
+            # the model was initialised identically on every rank (DDP also broadcasts rank 0's weights);
+            # from here on dropout and input noise must differ per rank
+            torch.manual_seed(rank_seed(self.seed, rank, stream=2))
+
+    def _rank(self) -> tuple[int, int]:
+        """``(global rank, world size)`` of this process (``(0, 1)`` outside a distributed Trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
+        rank, world = self._rank()
         n = self.train_samples_per_epoch or len(ds)
-        sampler = RandomSampler(ds, replacement=n > len(ds), num_samples=n)
+        sampler = EpochSampler(len(ds), n, num_replicas=world, rank=rank, seed=self.seed)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            drop_last=n >= self.batch_size,
+            drop_last=sampler.num_samples >= self.batch_size,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def _eval_loader(self, stage: str) -> DataLoader:
         return DataLoader(
-            self.dataset(stage), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
+            self.dataset(stage),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -158,27 +206,47 @@ class BiplanarDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
     # ---------------------------------------------------------------- rendering
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The augmentation generator of this rank on ``device``, seeded from ``(seed, global rank)``."""
+        key = str(device)
+        if key not in self._generators:
+            rank, _ = self._rank()
+            self._generators[key] = torch.Generator(device=device).manual_seed(rank_seed(self.seed, rank))
+        return self._generators[key]
+
     def render(self, batch: dict, augment: bool, rotation_offsets_deg: torch.Tensor | None = None) -> dict:
-        """Add ``ap`` and ``lat`` views (B, 1, s, s) to a batch holding ``ct`` (B, 1, s, s, s) in HU."""
+        """Add ``ap`` and ``lat`` views (B, 1, s, s) to a batch holding ``ct`` (B, 1, s, s, s) in HU.
+
+        Rendering runs in float32 with autocast off (DRR line integrals of HU volumes lose too much in
+        half precision) and without host-device synchronisation; the network's mixed precision starts
+        in the training step.
+        """
         ct = batch["ct"]
-        b = ct.shape[0]
+        b, device = ct.shape[0], ct.device
         offsets = rotation_offsets_deg
-        if augment and self.rotation_deg > 0 and offsets is None:
-            offsets = (torch.rand(b, 2, 3, device=ct.device) * 2 - 1) * self.rotation_deg
-        views = self.projection(ct, spacing_mm=self.spacing_mm, rotation_offsets_deg=offsets)
-        if augment:
-            for key in ("ap", "lat"):
-                img = views[key]
-                if self.gamma_jitter > 0:
-                    gamma = torch.exp((torch.rand(b, 1, 1, 1, device=img.device) * 2 - 1) * self.gamma_jitter)
-                    img = img.clamp_min(0) ** gamma
-                if self.noise_std > 0:
-                    img = (img + torch.randn_like(img) * self.noise_std).clamp(0, 1)
-                views[key] = img
+        g = self.generator(device) if augment else None
+        with torch.autocast(device_type=device.type, enabled=False):
+            if augment and self.rotation_deg > 0 and offsets is None:
+                offsets = (torch.rand(b, 2, 3, device=device, generator=g) * 2 - 1) * self.rotation_deg
+            views = self.projection(ct.float(), spacing_mm=self.spacing_mm, rotation_offsets_deg=offsets)
+            if augment:
+                for key in ("ap", "lat"):
+                    img = views[key]
+                    if self.gamma_jitter > 0:
+                        u = torch.rand(b, 1, 1, 1, device=device, generator=g)
+                        img = img.clamp_min(0) ** torch.exp((u * 2 - 1) * self.gamma_jitter)
+                    if self.noise_std > 0:
+                        noise = torch.randn(img.shape, device=device, generator=g) * self.noise_std
+                        img = (img + noise).clamp(0, 1)
+                    views[key] = img
         batch.update(views)
         return batch
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Render the views on the device the batch now lives on."""
         training = self.trainer is not None and self.trainer.training
-        return self.render(batch, augment=training)
+        offsets = None
+        if not training and self.eval_rotation_offsets_deg is not None:
+            b = batch["ct"].shape[0]
+            offsets = self.eval_rotation_offsets_deg.to(batch["ct"].device).expand(b, 2, 3)
+        return self.render(batch, augment=training, rotation_offsets_deg=offsets)

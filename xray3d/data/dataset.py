@@ -1,4 +1,4 @@
-"""Samples listed in a prepared dataset's manifest: CT ROI (HU) + binary mask, PIR."""
+"""Samples listed in a prepared dataset's manifest: CT ROI (HU) + binary mask, PIR, read lazily."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from xray3d.data.io import DataError, load_nifti
+from xray3d.data.array_cache import CacheEntry, build_entries, load_sample_arrays
+from xray3d.data.io import DataError
 
-__all__ = ["ManifestDataset", "read_manifest", "load_sample"]
+__all__ = ["ManifestDataset", "read_manifest", "load_sample", "load_sample_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -36,46 +37,29 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 
 def load_sample(root: Path, row: dict, spacing_mm: float, grid_size: int) -> dict:
-    """Load and validate one sample.
+    """Load and validate one sample straight from its NIfTI files (no cache), as a dataset item.
 
     Raises:
         DataError: naming the file and the problem (missing, corrupt, grid mismatch, NaN, empty mask).
     """
-    ct_path, mask_path = root / row["ct_path"], root / row["mask_path"]
-    ct_img = load_nifti(ct_path, "CT")
-    mask_img = load_nifti(mask_path, "mask")
-    ct = np.asarray(ct_img.dataobj, dtype=np.float32)
-    mask = np.asarray(mask_img.dataobj)
-    if ct.shape != mask.shape or not np.allclose(ct_img.affine, mask_img.affine, atol=1e-3):
-        raise DataError(
-            f"CT {ct_path} {ct.shape} and mask {mask_path} {mask.shape} do not share one grid "
-            "(shape or affine differ); re-prepare this sample"
-        )
-    if ct.shape != (grid_size,) * 3:
-        raise DataError(f"{ct_path} has shape {ct.shape}, the data config expects {(grid_size,) * 3}")
-    vox = np.sqrt((ct_img.affine[:3, :3] ** 2).sum(axis=0))
-    if not np.allclose(vox, spacing_mm, atol=1e-3):
-        raise DataError(
-            f"{ct_path} has voxel size {vox.round(4).tolist()} mm, the data config expects {spacing_mm} mm"
-        )
-    if not np.isfinite(ct).all():
-        raise DataError(f"CT {ct_path} contains NaN/inf voxels; re-prepare it from a valid scan")
-    if not mask.any():
-        raise DataError(f"mask {mask_path} is empty; the sample has no bone to reconstruct")
+    ct, mask, affine = load_sample_arrays(Path(root), row, spacing_mm, grid_size)
     return {
         "ct": torch.from_numpy(ct)[None],
-        "mask": torch.from_numpy((mask > 0.5).astype(np.float32))[None],
+        "mask": torch.from_numpy(mask.astype(np.float32))[None],
         "sample_id": str(row["sample_id"]),
         "spacing_mm": float(spacing_mm),
-        # voxel -> world (mm) of the scan the ROI was cut from: clinical points are reported in it
-        "affine": torch.from_numpy(np.asarray(ct_img.affine, dtype=np.float64)),
+        "affine": torch.from_numpy(affine),
     }
 
 
 class ManifestDataset(Dataset):
-    """In-memory dataset of the manifest rows of some splits and one anatomy.
+    """Lazy dataset of the manifest rows of some splits and one anatomy, read from the array cache.
 
-    Bad samples are skipped with a logged reason (kept in :attr:`skipped`), never silently.
+    Construction ensures the :mod:`~xray3d.data.array_cache` entries of its rows (building missing or
+    outdated ones, so it works without ``prepare_data``) and keeps only ids, file paths and affines;
+    items memory-map two ``.npy`` files, so memory per process does not grow with the dataset (the OS
+    page cache shares the files between ranks and DataLoader workers). Bad samples are skipped with a
+    logged reason (kept in :attr:`skipped`), never silently.
 
     Args:
         root: dataset directory (paths in the manifest are relative to it).
@@ -85,8 +69,14 @@ class ManifestDataset(Dataset):
         spacing_mm: expected voxel size.
         grid_size: expected grid side.
 
-    Items: ``{"ct": (1, D, H, W) float32 HU, "mask": (1, D, H, W) float32 {0,1}, "sample_id": str,
-    "spacing_mm": float, "affine": (4, 4) float64 voxel-to-world mm}``, PIR.
+    Attributes:
+        metadata: manifest rows of the usable samples, in manifest order.
+        sample_ids: their ids.
+        skipped: ``{"sample_id", "reason"}`` of the unusable rows.
+
+    Items: ``{"ct": (1, D, H, W) float32 HU (cached as int16: within 0.5 HU of the NIfTI), "mask":
+    (1, D, H, W) float32 {0,1}, "sample_id": str, "spacing_mm": float, "affine": (4, 4) float64
+    voxel-to-world mm}``, PIR.
     """
 
     def __init__(
@@ -99,21 +89,54 @@ class ManifestDataset(Dataset):
         grid_size: int,
     ) -> None:
         self.root = Path(root)
+        self.anatomy = str(anatomy)
+        self.spacing_mm = float(spacing_mm)
+        self.grid_size = int(grid_size)
         df = read_manifest(manifest)
         rows = df[(df["split"].isin(list(splits))) & (df["anatomy"] == anatomy)].to_dict("records")
-        self.samples: list[dict] = []
-        self.metadata: list[dict] = []
-        self.skipped: list[dict] = []
-        for row in rows:
-            try:
-                self.samples.append(load_sample(self.root, row, spacing_mm, grid_size))
-                self.metadata.append(row)
-            except DataError as exc:
-                log.warning("skipping sample %s: %s", row["sample_id"], exc)
-                self.skipped.append({"sample_id": row["sample_id"], "reason": str(exc)})
+        build = build_entries(self.root, rows, self.spacing_mm, self.grid_size)
+        self.cache_dir: Path = build.cache_dir
+        self._entries: list[CacheEntry] = build.entries
+        self.metadata: list[dict] = build.rows
+        self.sample_ids: list[str] = [e.sample_id for e in self._entries]
+        self.skipped: list[dict] = build.skipped
+        for s in self.skipped:
+            log.warning("skipping sample %s: %s", s["sample_id"], s["reason"])
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._entries)
+
+    def fingerprint(self, index: int) -> str:
+        """Digest of the sample's source files (size + mtime); changes when they change."""
+        return self._entries[index].fingerprint
+
+    def affine(self, index: int) -> np.ndarray:
+        """Voxel-to-world (mm) affine of a sample, float64 (4, 4)."""
+        return self._entries[index].affine.copy()
+
+    def _read(self, path: Path, dtype: type) -> np.ndarray:
+        """Copy one memory-mapped cache array into a new ``dtype`` array (the mapping is released)."""
+        try:
+            return np.array(np.load(path, mmap_mode="r", allow_pickle=False), dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"array cache file {path} is missing or damaged ({exc}); it is rebuilt when the dataset is "
+                "constructed again (or delete the folder to rebuild it all)"
+            ) from exc
+
+    def mask_array(self, index: int) -> np.ndarray:
+        """The mask of a sample as bool (D, H, W), reading only the mask file."""
+        return self._read(self._entries[index].mask_file, bool)
 
     def __getitem__(self, index: int) -> dict:
-        return self.samples[index]
+        entry = self._entries[index]
+        ct = self._read(entry.ct_file, np.float32)
+        mask = self._read(entry.mask_file, np.float32)
+        return {
+            "ct": torch.from_numpy(ct)[None],
+            "mask": torch.from_numpy(mask)[None],
+            "sample_id": entry.sample_id,
+            "spacing_mm": self.spacing_mm,
+            # voxel -> world (mm) of the scan the ROI was cut from: clinical points are reported in it
+            "affine": torch.from_numpy(entry.affine.copy()),
+        }

@@ -164,8 +164,18 @@ class BiplanarProjector(torch.nn.Module):
         self.renderer = renderer
         self.normalize = normalize
         self._drr_cache: dict[tuple, DRR] = {}
+        self._constants: dict[tuple, Tensor] = {}
 
     # ------------------------------------------------------------------ geometry
+    def _constant(self, values: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """A small constant tensor, copied to ``device`` once: a fresh ``torch.tensor(..., device=cuda)``
+        per step is a blocking host-to-device copy."""
+        key = (values, str(device), dtype)
+        t = self._constants.get(key)
+        if t is None:
+            t = self._constants[key] = torch.tensor(values, dtype=dtype, device=device)
+        return t
+
     def detector_size(self, shape: tuple[int, int, int], spacing_mm: float) -> int:
         """Detector side in pixels for a cubic ROI of ``shape`` voxels at ``spacing_mm``."""
         if self.detector_px is not None:
@@ -199,7 +209,7 @@ class BiplanarProjector(torch.nn.Module):
 
     def poses_deg(self, offsets_deg: Tensor | None, batch: int, device: torch.device) -> Tensor:
         """``(B, 2, 3)`` ZXY Euler angles in degrees: reference poses plus optional offsets."""
-        base = torch.tensor([self.ap_rotation_deg, self.lat_rotation_deg], dtype=torch.float32, device=device)
+        base = self._constant((self.ap_rotation_deg, self.lat_rotation_deg), device, torch.float32)
         base = base.unsqueeze(0).expand(batch, -1, -1)
         if offsets_deg is None:
             return base.clone()
@@ -243,7 +253,9 @@ class BiplanarProjector(torch.nn.Module):
         the same points in voxel coordinates of the ROI."""
         n_views = rot_deg.shape[0]
         rot = rot_deg * (math.pi / 180.0)
-        xyz = torch.tensor([0.0, self.source_to_isocenter_mm, 0.0], device=rot.device).expand(n_views, -1)
+        xyz = self._constant((0.0, self.source_to_isocenter_mm, 0.0), rot.device, rot.dtype).expand(
+            n_views, -1
+        )
         pose = convert(rot, xyz, parameterization="euler_angles", convention="ZXY")
         source, target = drr.detector(pose, None)
         return source, target, drr.affine_inverse(source), drr.affine_inverse(target)
@@ -276,7 +288,7 @@ class BiplanarProjector(torch.nn.Module):
         """
         b, v = poses.shape[:2]
         source, target, src_v, tgt_v = self._rays(drr, poses.reshape(b * v, 3))
-        dims = torch.tensor(mu.shape[2:], dtype=src_v.dtype, device=mu.device)
+        dims = self._constant(tuple(mu.shape[2:]), mu.device, src_v.dtype)
         amin, amax = self._slab(src_v, tgt_v, dims)  # (BV, R, 1)
         k = int(max(mu.shape[2:]))
         frac = (torch.arange(k, device=mu.device, dtype=src_v.dtype) + 0.5) / k  # (K,)
@@ -336,7 +348,9 @@ class BiplanarProjector(torch.nn.Module):
         """
         if ct_hu.ndim != 5 or ct_hu.shape[1] != 1:
             raise ValueError(f"ct_hu must be (B, 1, D, H, W), got {tuple(ct_hu.shape)}")
-        if not torch.isfinite(ct_hu).all():
+        # On the CPU check for NaN/inf here; on a GPU the check would stall the step on a host-device
+        # synchronisation, and the training data were validated when their array cache was built.
+        if ct_hu.device.type == "cpu" and not torch.isfinite(ct_hu).all():
             raise ValueError("ct_hu contains NaN or inf values; fix the CT ROI before rendering")
         batch, shape = ct_hu.shape[0], tuple(ct_hu.shape[2:])
         device = ct_hu.device

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from xray3d.metrics.image import METRIC_KEYS, binary_metrics
+from xray3d.evaluation.engine import CaseEvaluator, gather_cases, metric_means
+from xray3d.metrics.image import METRIC_KEYS
 
 __all__ = ["ReconstructionModule"]
 
@@ -30,9 +29,14 @@ class ReconstructionModule(L.LightningModule):
             first stage of the TL-embedding model).
         input_noise_std: std of Gaussian noise added to the inputs during training only (the
             denoising autoencoder uses 0.1, i.e. variance 0.01, spec §3.6).
+        compile: wrap the network in ``torch.compile`` when training / evaluation starts
+            (``model.compile=true``).
 
-    Per-case evaluation rows of the last validation / test epoch are kept in ``self.case_rows[stage]``
-    (sample id + :data:`~xray3d.metrics.image.METRIC_KEYS` + empty flags).
+    Every validation and test case is evaluated by the evaluation engine
+    (:class:`~xray3d.evaluation.engine.CaseEvaluator`; clinical parameters too when
+    :meth:`configure_evaluation` asked for them). At the end of the epoch the rows of all DDP ranks are
+    gathered, each case once, into ``self.case_rows[stage]`` on every rank, and their means logged, so
+    the logged metrics equal a single-process evaluation.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class ReconstructionModule(L.LightningModule):
         nsd_tolerance_mm: float = 1.5,
         inputs: tuple[str, ...] = ("ap", "lat"),
         input_noise_std: float = 0.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < threshold < 1.0:
@@ -62,10 +67,37 @@ class ReconstructionModule(L.LightningModule):
             raise ValueError(f"model.input_noise_std must be >= 0, got {input_noise_std}")
         self.inputs = tuple(inputs)
         self.input_noise_std = float(input_noise_std)
+        self.compile = bool(compile)
+        self._compiled = False
         self.case_rows: dict[str, list[dict]] = {"val": [], "test": []}
-        # set by MetricsReport(workers>0): the test cases' image metrics are computed in its background
-        # processes, which fill case_rows["test"] before on_test_epoch_end logs them
-        self.defer_test_metrics = False
+        self.eval_stats: dict[str, dict] = {}
+        self._eval_options: dict[str, dict] = {"val": {}, "test": {}}
+        self._evaluators: dict[str, CaseEvaluator] = {}
+
+    def configure_evaluation(
+        self,
+        stage: str,
+        measure: Callable[..., dict] | None = None,
+        gt_measure: Callable[..., dict] | None = None,
+        workers: int = 0,
+    ) -> None:
+        """Set how the cases of ``stage`` ("val" / "test") are evaluated (the report callback calls this in
+        its ``setup``): clinical ``measure`` and its ground-truth cache, background ``workers``."""
+        if stage not in self._eval_options:
+            raise ValueError(f"stage must be 'val' or 'test', got {stage!r}")
+        if workers < 0:
+            raise ValueError(f"evaluation workers must be >= 0, got {workers}")
+        self._eval_options[stage] = {"measure": measure, "gt_measure": gt_measure, "workers": int(workers)}
+
+    def setup(self, stage: str) -> None:
+        """Compile the network once when ``compile`` is set.
+
+        ``nn.Module.compile`` compiles in place, so checkpoint keys stay those of the plain network and a
+        checkpoint trained with ``model.compile=true`` loads without it (and vice versa).
+        """
+        if self.compile and not self._compiled:
+            self.net.compile()
+            self._compiled = True
 
     def forward(self, *inputs: Tensor) -> Tensor:
         """Logits ``(B, 1, s, s, s)``; by default ``forward(ap, lat)``."""
@@ -84,9 +116,14 @@ class ReconstructionModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         logits = self(*self.net_inputs(batch, noisy=True))
         loss = self.loss_fn(logits, batch["mask"])
-        if not torch.isfinite(loss):
+        interval = getattr(self.trainer, "log_every_n_steps", 1) if self._trainer is not None else 1
+        # a finite-loss check reads the loss on the host: once per logging interval, not every step
+        if self.global_step % max(1, interval) == 0 and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
+        n = len(logits)
+        # per step: this rank's loss (no collective); per epoch: the mean over all ranks
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         return loss
 
     # ---------------------------------------------------------------- evaluation
@@ -98,23 +135,37 @@ class ReconstructionModule(L.LightningModule):
     def _eval_step(self, batch: dict, stage: str) -> dict:
         logits, pred = self.predict_mask(batch)
         loss = self.loss_fn(logits, batch["mask"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(logits))
-        if stage == "test" and self.defer_test_metrics:
-            return {"logits": logits, "pred": pred}
-        pred_np = pred.cpu().numpy()
-        gt_np = batch["mask"].cpu().numpy() > 0.5
-        for i in range(len(pred_np)):
-            spacing = float(batch["spacing_mm"][i])
-            row = {"sample_id": batch["sample_id"][i]}
-            row.update(binary_metrics(pred_np[i, 0], gt_np[i, 0], spacing, self.nsd_tolerance_mm))
-            self.case_rows[stage].append(row)
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
+        if stage not in self._evaluators:  # a loop that skipped on_*_epoch_start (e.g. a direct call)
+            self._start_evaluation(stage)
+        self._evaluators[stage].add_batch(pred, batch)
         return {"logits": logits, "pred": pred}
 
+    def _start_evaluation(self, stage: str) -> None:
+        old = self._evaluators.pop(stage, None)
+        if old is not None:
+            old.close()
+        self._evaluators[stage] = CaseEvaluator(self.nsd_tolerance_mm, **self._eval_options[stage])
+
+    def _finish_evaluation(self, stage: str) -> None:
+        """Gather the cases of every rank (each once), keep them and log their means (same on all ranks)."""
+        evaluator = self._evaluators.pop(stage, None)
+        local = evaluator.finish() if evaluator is not None else []
+        rows, extras = gather_cases(local, evaluator.stats() if evaluator is not None else {})
+        self.case_rows[stage] = rows
+        self.eval_stats[stage] = {k: sum(e.get(k, 0) for e in extras) for k in extras[0]} if extras else {}
+        if not rows:
+            return
+        means = metric_means(rows)
+        for key in METRIC_KEYS:
+            self.log(f"{stage}/{key}", means[key], prog_bar=key == "dice")
+        self.log(f"{stage}/n_empty_pred", means["n_empty_pred"])
+
     def on_validation_epoch_start(self) -> None:
-        self.case_rows["val"] = []
+        self._start_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
-        self.case_rows["test"] = []
+        self._start_evaluation("test")
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         return self._eval_step(batch, "val")
@@ -122,23 +173,21 @@ class ReconstructionModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         return self._eval_step(batch, "test")
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        rows = self.case_rows[stage]
-        if not rows:
-            return
-        for key in METRIC_KEYS:
-            vals = np.array([r[key] for r in rows], dtype=float)
-            finite = vals[np.isfinite(vals)]
-            # Distances of empty predictions are inf: average the finite ones and count the rest.
-            value = float(finite.mean()) if len(finite) else math.nan
-            self.log(f"{stage}/{key}", value, prog_bar=key == "dice", sync_dist=True)
-        self.log(f"{stage}/n_empty_pred", float(sum(bool(r["empty_pred"]) for r in rows)))
-
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
+        self._finish_evaluation("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        self._finish_evaluation("test")
+
+    def teardown(self, stage: str) -> None:
+        """Stop background evaluation processes left by an interrupted loop."""
+        self.close_evaluation()
+
+    def close_evaluation(self) -> None:
+        """Stop background evaluation processes (the report callback calls this on an exception)."""
+        for evaluator in self._evaluators.values():
+            evaluator.close()
+        self._evaluators = {}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         logits, pred = self.predict_mask(batch)

@@ -11,13 +11,16 @@ test split after preparing a dataset (``--no-measure-gt`` skips it).
 
 Already cached masks are skipped (an interrupted run resumes); a ground truth that cannot be measured is
 cached as a failure with its reason, listed, and does not stop the others (samples whose files cannot
-be read are skipped by the dataset loader, with their reason logged). Prints one line per split.
+be read are skipped by the dataset loader, with their reason logged). Masks are read one at a time from
+the dataset's memory-mapped array cache, so memory does not grow with the split. Prints one line per
+split.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -72,25 +75,28 @@ def measure_ground_truths(datamodule, splits: Sequence[str] = ("test",), workers
     out: dict[str, dict] = {}
     try:
         for stage in splits:
-            todo, cached = [], 0
-            for sample in datamodule.dataset(stage).samples:
-                # exactly what the test-time report hashes: the collated mask > 0.5 and the float64 affine
-                mask = sample["mask"][0].numpy() > 0.5
-                affine = sample["affine"].double().numpy()
+            ds = datamodule.dataset(stage)
+            cached, reasons = 0, {}  # measured now: sample id -> failure reason or None
+            pending: deque = deque()  # (sample id, future) in flight, at most 2 per worker
+            for i in range(len(ds)):  # lazily: one mask in memory at a time (plus those in flight)
+                # exactly what the test-time report hashes: the mask > 0.5 and the float64 affine
+                sid, mask, affine = ds.sample_ids[i], ds.mask_array(i), ds.affine(i)
                 if (mask, affine) in cache:
                     cached += 1
+                elif pool is None:
+                    reasons[sid] = _measure_one(cache, mask, affine)
                 else:
-                    todo.append((str(sample["sample_id"]), mask, affine))
-            if pool is not None:
-                futures = [pool.submit(_measure_one, cache, m, a) for _, m, a in todo]
-                reasons = [f.result() for f in futures]
-            else:
-                reasons = [_measure_one(cache, m, a) for _, m, a in todo]
-            failed = {sid: r for (sid, _, _), r in zip(todo, reasons, strict=True) if r is not None}
+                    pending.append((sid, pool.submit(_measure_one, cache, mask, affine)))
+                    while len(pending) >= 2 * workers:
+                        done_sid, future = pending.popleft()
+                        reasons[done_sid] = future.result()
+            for done_sid, future in pending:
+                reasons[done_sid] = future.result()
+            failed = {sid: r for sid, r in reasons.items() if r is not None}
             out[stage] = {
-                "n": cached + len(todo),
+                "n": cached + len(reasons),
                 "cached": cached,
-                "measured": len(todo) - len(failed),
+                "measured": len(reasons) - len(failed),
                 "failed": failed,
             }
     finally:

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xray3d import CONF_DIR
 from xray3d.data.io import write_csv_atomic
-from xray3d.metrics.image import binary_metrics
 from xray3d.metrics.plots import robustness_curve
 from xray3d.metrics.report import summary_table, to_markdown, write_table
 from xray3d.pipeline.evaluate import _train_config_of, train_choice
@@ -51,8 +50,15 @@ def _load_model(cfg: DictConfig, ckpt: Path) -> torch.nn.Module:
     return model.eval()
 
 
+def _metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "sample_id" and not k.startswith("_")}
+
+
 def run(cfg: DictConfig) -> pd.DataFrame:
     """Score ``cfg.ckpt_path`` on the test split at every angle of ``cfg.angles_deg``.
+
+    Each angle is one ``Trainer.test`` of the configured trainer (``trainer=ddp`` spreads the cases over
+    the ranks; every case is scored once, and rank 0 writes the results).
 
     Returns:
         The per-case rows (``angle_deg`` column added).
@@ -69,28 +75,27 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         raise ValueError(f"rotation_axis must be 0, 1 or 2 (ZXY Euler angle index), got {cfg.rotation_axis}")
     save_run_info(cfg, cfg.paths.output_dir)
     model = _load_model(cfg, ckpt)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("use_gpu", True) else "cpu")
-    model.to(device)
     dm = hydra.utils.instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("test")
+    trainer_cfg = cfg.trainer
+    if not cfg.get("use_gpu", True):
+        trainer_cfg = OmegaConf.merge(trainer_cfg, {"accelerator": "cpu"})
+    trainer = hydra.utils.instantiate(
+        trainer_cfg, callbacks=[], logger=False, enable_checkpointing=False, enable_model_summary=False
+    )
     rows: list[dict] = []
     for angle in cfg.angles_deg:
-        for batch in dm.test_dataloader():
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            offsets = torch.zeros(len(batch["ct"]), 2, 3, device=device)
-            for view in cfg.views:
-                offsets[:, VIEW_INDEX[view], cfg.rotation_axis] = float(angle)
-            batch = dm.render(batch, augment=False, rotation_offsets_deg=offsets)
-            with torch.no_grad():
-                _, pred = model.predict_mask(batch)
-            pred_np, gt_np = pred.cpu().numpy(), batch["mask"].cpu().numpy() > 0.5
-            for i, sid in enumerate(batch["sample_id"]):
-                m = binary_metrics(
-                    pred_np[i, 0], gt_np[i, 0], float(batch["spacing_mm"][i]), model.nsd_tolerance_mm
-                )
-                rows.append({"sample_id": sid, "angle_deg": float(angle), **m})
+        offsets = torch.zeros(2, 3)
+        for view in cfg.views:
+            offsets[VIEW_INDEX[view], cfg.rotation_axis] = float(angle)
+        dm.eval_rotation_offsets_deg = offsets
+        trainer.test(model, datamodule=dm, verbose=False)
+        rows += [
+            {"sample_id": r["sample_id"], "angle_deg": float(angle), **_metrics(r)}
+            for r in model.case_rows["test"]
+        ]
         log.info("angle %s deg: %d cases", angle, len(rows))
+    if not trainer.is_global_zero:
+        return pd.DataFrame(rows)
     df = pd.DataFrame(rows)
     df["model"] = train_choice(ckpt, "model") or "unknown"
     df["anatomy"] = str(dm.anatomy)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from xray3d import CONF_DIR
 from xray3d.callbacks.metrics_report import MetricsReport
@@ -31,7 +33,15 @@ def build(cfg: DictConfig) -> dict:
     for cb in callbacks:
         if isinstance(cb, MetricsReport):
             cb.config_digest = config_digest(cfg)
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer_cfg = cfg.trainer
+    on_cpu = trainer_cfg.get("accelerator") == "cpu" or (
+        trainer_cfg.get("accelerator") in ("auto", None) and not torch.cuda.is_available()
+    )
+    if trainer_cfg.get("sync_batchnorm") and on_cpu:
+        # torch's SyncBatchNorm needs CUDA: CPU DDP (gloo) keeps per-process BatchNorm statistics
+        log.info("trainer.sync_batchnorm ignored on the CPU")
+        trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})
+    trainer = hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     return {
         "datamodule": datamodule,
         "model": model,
@@ -69,7 +79,9 @@ def report_paths(objs: dict, output_dir: str) -> dict:
 
 
 def print_report(paths: dict, callbacks: list) -> None:
-    """Print where everything is, and the held-out result against the mean-shape baseline."""
+    """Print where everything is, and the held-out result against the mean-shape baseline (rank 0)."""
+    if rank_zero_only.rank != 0:
+        return
     lines = ["", "=" * 72, "xray3d run finished"]
     for key, value in paths.items():
         if value:
@@ -106,8 +118,13 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     """Train (and test) as configured.
 
     Returns:
-        ``(metrics, objects)``: the logged metrics (train, val, test) and the instantiated objects.
+        ``(metrics, objects)``: the logged metrics (train, val, test) and the instantiated objects;
+        for a run dir that already finished, its stored metrics and ``{}`` (see :mod:`.resume`).
     """
+    from xray3d.pipeline import resume  # skip finished runs, resume from last.ckpt (requeue, re-run sweep)
+
+    if (done := resume.prepare_run(cfg)) is not None:
+        return done, {}
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     save_run_info(cfg, cfg.paths.output_dir)
@@ -136,6 +153,7 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
         paths = report_paths(objs, cfg.paths.output_dir)
         print_report(paths, objs["callbacks"])
         metrics["paths"] = paths
+        resume.mark_finished(cfg.paths.output_dir, metrics, resume.run_digest(cfg))
         return metrics, objs
     finally:
         _finish_wandb(objs["loggers"])

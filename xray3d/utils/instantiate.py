@@ -39,7 +39,11 @@ def config_digest(cfg: DictConfig) -> str:
 
 
 def save_run_info(cfg: DictConfig, output_dir: str | Path) -> None:
-    """Write the resolved config and the git revision into the run directory."""
+    """Write the resolved config and the git revision into the run directory (global rank 0 only)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,1 @@
+"""Evaluation engine: per-case metrics, clinical measures, collection across ranks, reports."""
