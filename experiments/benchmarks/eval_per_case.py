@@ -107,7 +107,7 @@ def bench_eval(anatomy: str, repeats: int) -> dict:
     with the ground truth measured and cached."""
     import tempfile
 
-    from xray3d.callbacks.metrics_report import evaluate_case
+    from xray3d.evaluation.engine import evaluate_case
     from xray3d.clinical.cache import MeasurementCache
     from xray3d.clinical.cli import load_measure
     from xray3d.clinical.evaluate import measure_pair
@@ -152,7 +152,7 @@ def bench_pipeline(anatomy: str, model: str, n_cases: int, workers: int) -> dict
 
     import torch
 
-    from xray3d.callbacks.metrics_report import evaluate_case
+    from xray3d.evaluation.engine import evaluate_case
     from xray3d.clinical.cache import MeasurementCache
     from xray3d.clinical.cli import load_measure
 

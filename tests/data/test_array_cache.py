@@ -305,7 +305,6 @@ _MEMORY_PROBE = textwrap.dedent(
     from pathlib import Path
     import torch
     from xray3d.data.dataset import ManifestDataset
-from xray3d.data.io import DataError
 
     def rss_mib():
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -17,10 +17,10 @@ from lightning.pytorch.loggers import WandbLogger
 
 from xray3d.baselines import mean_shape_baseline
 from xray3d.clinical.cache import MeasurementCache, dataset_cache_dir
-from xray3d.evaluation.engine import evaluate_case, mirror_to_wandb, summarize, write_run_report
+from xray3d.evaluation.engine import mirror_to_wandb, write_run_report
 from xray3d.metrics.image import binary_metrics
 
-__all__ = ["MetricsReport", "evaluate_case", "summarize"]
+__all__ = ["MetricsReport"]
 
 log = logging.getLogger(__name__)
 

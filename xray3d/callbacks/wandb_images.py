@@ -66,6 +66,8 @@ class ReconstructionImages(L.Callback):
         self._val_epochs = 0
 
     def _emit(self, trainer: L.Trainer, batch: dict, outputs: dict, stage: str) -> None:
+        if not trainer.is_global_zero:  # under DDP rank 0's cases are shown
+            return
         pred = outputs["pred"].float()
         n = min(self.max_cases, len(pred))
         figs, captions = [], []

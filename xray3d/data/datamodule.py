@@ -170,7 +170,7 @@ class BiplanarDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
+        return int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1))
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")

@@ -123,7 +123,15 @@ class ReconstructionModule(L.LightningModule):
         n = len(logits)
         # per step: this rank's loss (no collective); per epoch: the mean over all ranks
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=n)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+        self.log(
+            "train/loss_epoch",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            prog_bar=True,
+            batch_size=n,
+        )
         return loss
 
     # ---------------------------------------------------------------- evaluation

@@ -112,6 +112,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> pd.DataFrame:
     domains: list[tuple[str, str]] = [("in", train_data)] if cfg.in_domain else []
     domains += [("out", t) for t in targets]
     frames, group_cols = [], set()
+    is_zero = True
     for kind, data in domains:
         out_dir = root / f"{kind}_{data}"
         sub = _compose_eval(data, ckpt, out_dir, passthrough)
@@ -125,11 +126,16 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> pd.DataFrame:
                 f"trained on {grid[0]}^3 at {grid[1]} mm ({train_data}); pick a target with the training grid"
             )
         log.info("domain shift: evaluating %s on %s (%s domain)", ckpt.name, data, kind)
-        evaluate.run(sub)
+        _, objs = evaluate.run(sub)
+        if not objs["trainer"].is_global_zero:  # under DDP rank 0 alone writes and combines the reports
+            is_zero = False
+            continue
         df = pd.read_csv(out_dir / "metrics" / "per_case.csv")
         df["domain"] = f"{kind}:{data}"
         frames.append(df)
         group_cols.update(sub.data.get("group_by", []) or [])
+    if not is_zero:
+        return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
     out = root / "domain_shift"
     write_csv_atomic(df, out / "per_case.csv")

@@ -77,21 +77,30 @@ def measure_ground_truths(datamodule, splits: Sequence[str] = ("test",), workers
         for stage in splits:
             ds = datamodule.dataset(stage)
             cached, reasons = 0, {}  # measured now: sample id -> failure reason or None
+            first: dict = {}  # cache file -> sample id that measures it in this run
+            copies: list[tuple[str, str]] = []  # (sample id, sample id of the identical mask measured now)
             pending: deque = deque()  # (sample id, future) in flight, at most 2 per worker
             for i in range(len(ds)):  # lazily: one mask in memory at a time (plus those in flight)
                 # exactly what the test-time report hashes: the mask > 0.5 and the float64 affine
                 sid, mask, affine = ds.sample_ids[i], ds.mask_array(i), ds.affine(i)
-                if (mask, affine) in cache:
+                path = cache.path(mask, affine)
+                if path in first:  # the same mask as an earlier sample of this run: measured once
+                    copies.append((sid, first[path]))
+                elif path.is_file():
                     cached += 1
-                elif pool is None:
-                    reasons[sid] = _measure_one(cache, mask, affine)
                 else:
-                    pending.append((sid, pool.submit(_measure_one, cache, mask, affine)))
-                    while len(pending) >= 2 * workers:
-                        done_sid, future = pending.popleft()
-                        reasons[done_sid] = future.result()
+                    first[path] = sid
+                    if pool is None:
+                        reasons[sid] = _measure_one(cache, mask, affine)
+                    else:
+                        pending.append((sid, pool.submit(_measure_one, cache, mask, affine)))
+                        while len(pending) >= 2 * workers:
+                            done_sid, future = pending.popleft()
+                            reasons[done_sid] = future.result()
             for done_sid, future in pending:
                 reasons[done_sid] = future.result()
+            for sid, original in copies:
+                reasons[sid] = reasons[original]
             failed = {sid: r for sid, r in reasons.items() if r is not None}
             out[stage] = {
                 "n": cached + len(reasons),

@@ -5,7 +5,7 @@ atomically at the end of a successful :func:`xray3d.pipeline.train.run` with the
 of its config. :func:`prepare_run`, called at the start of ``run``, then
 
 * returns the stored metrics when the run already finished with the same config (a re-run sweep skips it;
-  ``+rerun_finished=true`` trains again from scratch);
+  ``rerun_finished=true`` trains again from scratch);
 * otherwise sets ``cfg.ckpt_path`` to ``<run dir>/checkpoints/last.ckpt`` when it exists and ``ckpt_path``
   is null and ``auto_resume`` is true (a requeued job continues where it stopped).
 
@@ -113,7 +113,7 @@ def prepare_run(cfg: DictConfig) -> dict | None:
                 return None
         elif done.get("config_digest") in (None, digest):
             log.info(
-                "run %s already finished at %s: skipping it (+rerun_finished=true trains it again)",
+                "run %s already finished at %s: skipping it (rerun_finished=true trains it again)",
                 output_dir,
                 done.get("finished_at"),
             )
@@ -121,7 +121,7 @@ def prepare_run(cfg: DictConfig) -> dict | None:
         else:
             log.warning(
                 "run %s finished with another config (digest %s, now %s): not skipping it; resuming from "
-                "its last checkpoint (+rerun_finished=true trains from scratch)",
+                "its last checkpoint (rerun_finished=true trains from scratch)",
                 output_dir,
                 done.get("config_digest"),
                 digest,
