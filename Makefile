@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.xray3d-env
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help env prepare train test test-slow test-all lint format bench bench-eval bench-prepare clean
+.PHONY: help env prepare train test test-slow test-all lint format bench bench-eval bench-prepare bench-train clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ bench-eval: env  ## evaluation time per case (metrics + clinical) vs model forwa
 
 bench-prepare: env  ## dataset preparation throughput per worker count on the real-format fixtures
 	$(PY) experiments/benchmarks/prepare_throughput.py --workers 1 2 --copies 6 --repeat 2
+
+bench-train: env  ## training throughput (load / render / fwd+bwd / optim per step) and RSS vs dataset size
+	$(PY) experiments/benchmarks/train_throughput.py --device cpu --cases vertebra64:unet vertebra64:swinunetr femur128:unet --steps 5 --warmup 2
+	$(PY) experiments/benchmarks/train_throughput.py --memory
 
 clean:  ## remove run outputs (keeps the environment and prepared data)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

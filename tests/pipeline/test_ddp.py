@@ -58,6 +58,19 @@ def _train_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def _eval_args(ckpt, data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        str(ROOT / "eval.py"),
+        f"ckpt_path={ckpt}",
+        f"data.data_dir={data_dir}",
+        "data.prepare=null",
+        "callbacks.images=null",
+        "+callbacks.metrics_report.n_boot=50",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
 def test_ddp_two_cpu_processes_train_test_equals_single_process_eval(ddp_dataset, tmp_path):
     run_dir = tmp_path / "ddp_run"
     args = _train_args(
@@ -90,19 +103,7 @@ def test_ddp_two_cpu_processes_train_test_equals_single_process_eval(ddp_dataset
     ckpt = summary["ckpt_path"]
     assert ckpt and Path(ckpt).is_file()
     eval_dir = tmp_path / "eval_run"
-    res = run_python(
-        [
-            str(ROOT / "eval.py"),
-            f"ckpt_path={ckpt}",
-            f"data.data_dir={ddp_dataset}",
-            "data.prepare=null",
-            "logger=csv",
-            "callbacks.images=null",
-            "+callbacks.metrics_report.n_boot=50",
-            f"hydra.run.dir={eval_dir}",
-        ],
-        cwd=tmp_path,
-    )
+    res = run_python(_eval_args(ckpt, ddp_dataset, eval_dir, "logger=csv"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-5000:]
     single = pd.read_csv(eval_dir / "metrics" / "per_case.csv", dtype={"sample_id": str})
     cols = ["sample_id", *METRICS, "clinical_status"]
@@ -131,22 +132,8 @@ def test_ddp_eval_matches_single_process(ddp_dataset, tmp_path):
         ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]),
     ):
         out = tmp_path / f"eval_{name}"
-        res = run_python(
-            [
-                str(ROOT / "eval.py"),
-                f"ckpt_path={ckpt}",
-                f"data.data_dir={ddp_dataset}",
-                "data.prepare=null",
-                "logger=none",
-                "callbacks.images=null",
-                "callbacks.metrics_report.clinical=false",
-                "callbacks.metrics_report.plots=false",
-                "+callbacks.metrics_report.n_boot=20",
-                f"hydra.run.dir={out}",
-                *extra,
-            ],
-            cwd=tmp_path,
-        )
+        args = _eval_args(ckpt, ddp_dataset, out, "logger=none", "callbacks.metrics_report.clinical=false")
+        res = run_python([*args, "callbacks.metrics_report.plots=false", *extra], cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-5000:]
         outs[name] = pd.read_csv(out / "metrics" / "per_case.csv", dtype={"sample_id": str})
     assert len(outs["ddp"]) == 3 and outs["ddp"]["sample_id"].is_unique

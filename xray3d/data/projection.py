@@ -124,6 +124,10 @@ class BiplanarProjector(torch.nn.Module):
         lat_rotation_deg: diffdrr ZXY Euler angles of the LAT pose.
         renderer: ``"trilinear"`` (fast, per-ray bounds) or ``"siddon"`` (exact).
         normalize: per-image min-max to [0, 1].
+        render_at_output_px: with the trilinear renderer and ``output_px`` smaller than the detector,
+            cast only the ``output_px²`` rays through the points the bilinear (align_corners=True) resize
+            would sample, instead of rendering every detector pixel and resizing: the same field of view
+            at a fraction of the cost (NCC >= 0.9995 against render-then-resize on the real vertebrae).
 
     Example:
         >>> proj = BiplanarProjector()
@@ -143,6 +147,7 @@ class BiplanarProjector(torch.nn.Module):
         lat_rotation_deg: tuple[float, float, float] = (90.0, 0.0, 0.0),
         renderer: str = "trilinear",
         normalize: bool = True,
+        render_at_output_px: bool = False,
     ) -> None:
         super().__init__()
         if renderer not in _RENDERERS:
@@ -163,6 +168,7 @@ class BiplanarProjector(torch.nn.Module):
         self.lat_rotation_deg = tuple(float(a) for a in lat_rotation_deg)
         self.renderer = renderer
         self.normalize = normalize
+        self.render_at_output_px = bool(render_at_output_px)
         self._drr_cache: dict[tuple, DRR] = {}
         self._constants: dict[tuple, Tensor] = {}
 
@@ -182,14 +188,20 @@ class BiplanarProjector(torch.nn.Module):
             return int(self.detector_px)
         return max(1, round(max(shape) * spacing_mm / self.pixel_spacing_mm))
 
-    def _drr(self, shape: tuple[int, int, int], spacing_mm: float, device: torch.device) -> DRR:
-        key = (tuple(shape), round(float(spacing_mm), 6), str(device))
+    def _drr(
+        self, shape: tuple[int, int, int], spacing_mm: float, device: torch.device, out_px: int | None = None
+    ) -> DRR:
+        key = (tuple(shape), round(float(spacing_mm), 6), str(device), out_px)
         drr = self._drr_cache.get(key)
         if drr is None:
             n_px = self.detector_size(shape, spacing_mm)
             # The detector sits at sdd from the source; the pixel size we specify is in the isocentre
             # plane, so scale it by the magnification sdd / sid.
             delx = self.pixel_spacing_mm * self.source_to_detector_mm / self.source_to_isocenter_mm
+            if out_px is not None and out_px != n_px and out_px > 1:
+                # the rays through the points an align_corners=True bilinear resize of the full detector
+                # would sample: same field of view, out_px x out_px rays
+                delx, n_px = delx * (n_px - 1) / (out_px - 1), out_px
             affine = pir_affine(shape, spacing_mm).numpy()
             template = ScalarImage(tensor=torch.zeros((1, *shape)), affine=affine)
             reorient = torch.tensor(
@@ -354,7 +366,9 @@ class BiplanarProjector(torch.nn.Module):
             raise ValueError("ct_hu contains NaN or inf values; fix the CT ROI before rendering")
         batch, shape = ct_hu.shape[0], tuple(ct_hu.shape[2:])
         device = ct_hu.device
-        drr = self._drr(shape, spacing_mm, device)
+        out_px = self.output_px or shape[0]
+        direct = self.render_at_output_px and self.renderer == "trilinear"
+        drr = self._drr(shape, spacing_mm, device, out_px if direct else None)
         poses = self.poses_deg(rotation_offsets_deg, batch, device)
         mu = (ct_hu.float() - self.hu_threshold).clamp_min(0.0)
         with torch.no_grad():
@@ -363,7 +377,6 @@ class BiplanarProjector(torch.nn.Module):
             else:
                 raw = torch.stack([self._render_diffdrr(drr, mu[i, 0], poses[i]) for i in range(batch)])
         ap, lat = self._to_model_layout(raw)
-        out_px = self.output_px or shape[0]
         if ap.shape[-1] != out_px:
             ap = F.interpolate(ap, size=(out_px, out_px), mode="bilinear", align_corners=True)
             lat = F.interpolate(lat, size=(out_px, out_px), mode="bilinear", align_corners=True)
