@@ -107,10 +107,10 @@ def bench_eval(anatomy: str, repeats: int) -> dict:
     with the ground truth measured and cached."""
     import tempfile
 
-    from xray3d.evaluation.engine import evaluate_case
     from xray3d.clinical.cache import MeasurementCache
     from xray3d.clinical.cli import load_measure
     from xray3d.clinical.evaluate import measure_pair
+    from xray3d.evaluation.engine import evaluate_case
     from xray3d.metrics.image import binary_metrics
 
     gt, affine, spacing = load_case(anatomy)
@@ -152,9 +152,9 @@ def bench_pipeline(anatomy: str, model: str, n_cases: int, workers: int) -> dict
 
     import torch
 
-    from xray3d.evaluation.engine import evaluate_case
     from xray3d.clinical.cache import MeasurementCache
     from xray3d.clinical.cli import load_measure
+    from xray3d.evaluation.engine import evaluate_case
 
     gt, affine, spacing = load_case(anatomy)
     pred = fake_prediction(gt)
