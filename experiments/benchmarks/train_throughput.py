@@ -222,7 +222,7 @@ def bench_case(case: str, model: str, batch: int | None, args: argparse.Namespac
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    overrides = [] if args.pin_memory else ["++data.pin_memory=false"]
+    overrides = [*args.override] + ([] if args.pin_memory else ["++data.pin_memory=false"])
     if batch is not None:
         overrides.append(f"data.batch_size={batch}")
     if args.num_workers is not None:
@@ -555,6 +555,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the config's)")
     p.add_argument("--no-pin-memory", dest="pin_memory", action="store_false", help="CUDA: transfer unpinned")
     p.add_argument("--devices", type=int, default=1, help="CUDA: >1 also compares trainer=ddp to 1 device")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra Hydra override of the cases (repeatable), e.g. projection.render_at_output_px=false",
+    )
     p.add_argument("--memory", action="store_true", help="run the memory part instead of the throughput")
     p.add_argument("--memory-samples", type=int, default=2000)
     p.add_argument("--data-root", type=Path, default=DEFAULT_ROOT, help="prepared data kept here")
