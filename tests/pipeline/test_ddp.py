@@ -138,3 +138,24 @@ def test_ddp_eval_matches_single_process(ddp_dataset, tmp_path):
         outs[name] = pd.read_csv(out / "metrics" / "per_case.csv", dtype={"sample_id": str})
     assert len(outs["ddp"]) == 3 and outs["ddp"]["sample_id"].is_unique
     pd.testing.assert_frame_equal(outs["ddp"][["sample_id", *METRICS]], outs["one"][["sample_id", *METRICS]])
+
+
+def test_ddp_robustness_scores_each_case_once_per_angle(ddp_dataset, tmp_path):
+    """xray3d-robustness under trainer=ddp (2 CPU processes): each case once per angle, same as 1 process."""
+    run_dir = tmp_path / "train"
+    res = run_python(_train_args(ddp_dataset, run_dir, "test=false", "trainer.max_steps=1"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    outs = {}
+    for name, extra in (
+        ("one", []),
+        ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]),
+    ):
+        out = tmp_path / f"rob_{name}"
+        args = ["-m", "xray3d.pipeline.robustness", f"ckpt_path={ckpt}", f"data.data_dir={ddp_dataset}"]
+        args += ["data.prepare=null", "angles_deg=[0,5]", "logger=none", f"hydra.run.dir={out}", *extra]
+        res = run_python(args, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-5000:]
+        outs[name] = pd.read_csv(out / "robustness" / "per_case.csv", dtype={"sample_id": str})
+    assert len(outs["ddp"]) == 6 and not outs["ddp"].duplicated(["sample_id", "angle_deg"]).any()
+    pd.testing.assert_frame_equal(outs["ddp"], outs["one"])

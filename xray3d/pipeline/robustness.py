@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             {"sample_id": r["sample_id"], "angle_deg": float(angle), **_metrics(r)}
             for r in model.case_rows["test"]
         ]
-        log.info("angle %s deg: %d cases", angle, len(rows))
+        log.info("angle %s deg: %d cases", angle, len(model.case_rows["test"]))
     if not trainer.is_global_zero:
         return pd.DataFrame(rows)
     df = pd.DataFrame(rows)
