@@ -75,3 +75,13 @@ def test_model_override_and_typos_fail_before_training(overrides: list[str]) -> 
         two_stage.run([*overrides, "model=unet"])
     with pytest.raises(Exception, match="bogus_key"):
         two_stage.run([*overrides, "trainer.bogus_key=1"])
+
+
+def test_tl_predictor_without_stage1_is_refused_by_trainer_fit(compose_train):
+    """``train.py model=tl_predictor`` without a stage-1 checkpoint: Trainer.fit refuses before any step."""
+    from xray3d.pipeline import train
+
+    cfg = compose_train("model=tl_predictor", "trainer.max_steps=2", "logger=none", "test=false")
+    with pytest.raises(ValueError, match="stage-1 autoencoder"):
+        train.run(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()

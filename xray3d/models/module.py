@@ -90,11 +90,15 @@ class ReconstructionModule(L.LightningModule):
         self._eval_options[stage] = {"measure": measure, "gt_measure": gt_measure, "workers": int(workers)}
 
     def setup(self, stage: str) -> None:
-        """Compile the network once when ``compile`` is set.
+        """Before fitting, let the network refuse (``net.check_trainable()``); compile it once when
+        ``compile`` is set.
 
         ``nn.Module.compile`` compiles in place, so checkpoint keys stay those of the plain network and a
         checkpoint trained with ``model.compile=true`` loads without it (and vice versa).
         """
+        check = getattr(self.net, "check_trainable", None)
+        if stage == "fit" and callable(check):
+            check()  # e.g. the TL-embedding predictor refuses to train without its stage-1 decoder
         if self.compile and not self._compiled:
             self.net.compile()
             self._compiled = True

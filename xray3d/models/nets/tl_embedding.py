@@ -229,6 +229,18 @@ class TLPredictor(nn.Module):
         self.decoder.requires_grad_(False)
         self.decoder.eval()
 
+    def check_trainable(self) -> None:
+        """Called by the LightningModule before fitting (``setup("fit")``), since Lightning does not call
+        :meth:`train` at the start of a fit.
+
+        Raises:
+            ValueError: without a stage-1 autoencoder when ``require_autoencoder`` is set.
+        """
+        if self.require_autoencoder and not self.has_autoencoder:
+            raise ValueError(
+                "TLPredictor has no stage-1 autoencoder (model.net.autoencoder_ckpt is null): " + _STAGE1_HINT
+            )
+
     def train(self, mode: bool = True) -> TLPredictor:
         """Set train/eval mode; the frozen decoder always stays in eval mode.
 
@@ -236,10 +248,8 @@ class TLPredictor(nn.Module):
             ValueError: when training is requested without a stage-1 autoencoder and
                 ``require_autoencoder`` is set.
         """
-        if mode and self.require_autoencoder and not self.has_autoencoder:
-            raise ValueError(
-                "TLPredictor has no stage-1 autoencoder (model.net.autoencoder_ckpt is null): " + _STAGE1_HINT
-            )
+        if mode:
+            self.check_trainable()
         super().train(mode)
         self.decoder.eval()
         return self
