@@ -51,10 +51,22 @@ def load_nifti(path: str | Path, what: str = "image") -> nib.Nifti1Image:
     return nib.Nifti1Image(data, img.affine, img.header)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: mode of the files xray3d writes: what ``open()`` would give (0666 minus the umask), not mkstemp's 0600
+FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic_target(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)  # readable by colleagues like any other result file
+    return fd, tmp
 
 
 def save_nifti_atomic(img: nib.Nifti1Image, path: str | Path) -> None:
