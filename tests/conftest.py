@@ -86,3 +86,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _reset_wandb():
+    """W&B keeps the mode of its first setup in a process; tests switch WANDB_MODE, so reset it after each."""
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()

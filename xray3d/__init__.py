@@ -6,3 +6,24 @@ __version__ = "0.1.0"
 
 #: the Hydra config directory (the repository's ``conf/``; the package is installed editable)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def _wandb_offline() -> bool:
+    """``logger.wandb.offline``: W&B offline by default (no account, no network), unless the user set
+    ``WANDB_MODE`` (``disabled`` / ``online`` / ``offline`` are then honoured as W&B documents them: Lightning's
+    ``offline=True`` would overwrite the variable) or ``XRAY3D_WANDB_OFFLINE=false``."""
+    import os
+
+    if os.environ.get("WANDB_MODE"):
+        return False
+    return os.environ.get("XRAY3D_WANDB_OFFLINE", "true").strip().lower() not in ("0", "false", "no")
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("xray3d_wandb_offline"):
+        OmegaConf.register_new_resolver("xray3d_wandb_offline", _wandb_offline)
+
+
+_register_resolvers()
