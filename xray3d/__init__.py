@@ -10,8 +10,8 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 def _wandb_offline() -> bool:
     """``logger.wandb.offline``: W&B offline by default (no account, no network), unless the user set
-    ``WANDB_MODE`` (``disabled`` / ``online`` / ``offline`` are then honoured as W&B documents them: Lightning's
-    ``offline=True`` would overwrite the variable) or ``XRAY3D_WANDB_OFFLINE=false``."""
+    ``WANDB_MODE`` (then honoured as W&B documents it; Lightning's ``offline=True`` would overwrite the
+    variable) or ``XRAY3D_WANDB_OFFLINE=false``."""
     import os
 
     if os.environ.get("WANDB_MODE"):
