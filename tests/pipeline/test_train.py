@@ -108,3 +108,16 @@ def test_interrupted_training_resumes_from_last_checkpoint(compose_train, tmp_pa
     )
     train.run(resumed)
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 8
+
+
+def test_missing_dataset_fails_first_with_the_prepare_commands(tmp_path):
+    """``train.py data=verse2019`` without the prepared data: exit 2 within seconds, the commands that prepare
+    it, no traceback, and no run folder left behind."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "XRAY3D_LOG_DIR": str(tmp_path / "logs")}
+    env["XRAY3D_DATA_DIR"] = str(tmp_path / "data")
+    cmd = [sys.executable, str(ROOT / "train.py"), "model=swinunetr", "data=verse2019"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "xray3d-download verse19" in res.stderr and "xray3d-prepare verse2019" in res.stderr
+    assert str(tmp_path / "data" / "verse2019") in res.stderr and "Traceback" not in res.stderr
+    assert not [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]  # no orphan run folder

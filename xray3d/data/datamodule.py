@@ -50,6 +50,7 @@ class BiplanarDataModule(L.LightningDataModule):
         seed: run seed (``${seed}``). The training sampler and the augmentation draws (pose, gamma,
             noise) use their own generators seeded from ``(seed, global rank)``
             (:func:`~xray3d.data.sampling.rank_seed`): distinct on every DDP rank, reproducible per rank.
+        prepare_hint: the commands that prepare this dataset, shown when it is missing.
         pin_memory: page-locked host batches for asynchronous (``non_blocking``) copies to the GPU;
             ``None`` = on when CUDA is available.
 
@@ -81,6 +82,7 @@ class BiplanarDataModule(L.LightningDataModule):
         group_by: tuple[str, ...] = (),
         seed: int = 0,
         pin_memory: bool | None = None,
+        prepare_hint: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -103,6 +105,7 @@ class BiplanarDataModule(L.LightningDataModule):
         self.clinical = clinical
         self.group_by = tuple(group_by)
         self.seed = int(seed)
+        self.prepare_hint = prepare_hint
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.datasets: dict[str, ManifestDataset] = {}
         self._generators: dict[str, torch.Generator] = {}
@@ -125,9 +128,10 @@ class BiplanarDataModule(L.LightningDataModule):
         if self.prepare is not None:
             self.prepare(str(self.data_dir))
         elif not self.manifest.is_file():
+            how = f"prepare it once with: {self.prepare_hint}" if self.prepare_hint else "prepare it first"
             raise DataError(
-                f"no manifest at {self.manifest} and no data.prepare configured: prepare the dataset first "
-                "(see README: Datasets) or point data.data_dir at a prepared dataset"
+                f"no manifest at {self.manifest} and no data.prepare configured: {how} "
+                "(README: Public datasets), or point data.data_dir at a prepared dataset"
             )
         splits = sorted({s for names in self.splits.values() for s in names})
         report = ensure_array_cache(

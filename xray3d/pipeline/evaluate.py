@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xray3d import CONF_DIR
 from xray3d.callbacks.metrics_report import MetricsReport
+from xray3d.pipeline.preflight import check_data, run_or_exit
 from xray3d.pipeline.train import _finish_wandb, build, print_report, report_paths
 from xray3d.utils.instantiate import save_run_info
 
@@ -49,6 +50,7 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
         raise FileNotFoundError(
             f"ckpt_path={ckpt} does not exist; pass the path of a .ckpt written by train.py"
         )
+    check_data(cfg)
     train_cfg_path = _train_config_of(ckpt)
     if train_cfg_path is not None and cfg.get("use_train_model", True):
         train_cfg = OmegaConf.load(train_cfg_path)
@@ -87,4 +89,4 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (``python eval.py ckpt_path=...`` / ``xray3d-eval ...``)."""
-    run(cfg)
+    run_or_exit(run, cfg)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray3d import CONF_DIR
 from xray3d.callbacks.metrics_report import MetricsReport
+from xray3d.pipeline.preflight import check_data, run_or_exit
 from xray3d.utils.instantiate import config_digest, instantiate_list, log_hyperparameters, save_run_info
 
 __all__ = ["run", "main"]
@@ -123,6 +124,7 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     """
     from xray3d.pipeline import resume  # skip finished runs, resume from last.ckpt (requeue, re-run sweep)
 
+    check_data(cfg)  # a missing dataset fails before anything is built
     if (done := resume.prepare_run(cfg)) is not None:
         return done, {}
     if cfg.get("seed") is not None:
@@ -169,6 +171,6 @@ def _finish_wandb(loggers: list) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (``python train.py ...`` / ``xray3d-train ...``)."""
-    metrics, _ = run(cfg)
+    metrics, _ = run_or_exit(run, cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
