@@ -24,6 +24,18 @@ def _register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("xray3d_wandb_offline"):
         OmegaConf.register_new_resolver("xray3d_wandb_offline", _wandb_offline)
+    if not OmegaConf.has_resolver("xray3d_model_name"):
+        # ${xray3d_model_name:<ckpt_path>,<model choice>,<use_train_model>}: run names of evaluations
+        OmegaConf.register_new_resolver("xray3d_model_name", lambda *a: _model_name(*a))
+
+
+def _model_name(ckpt_path: object, choice: str, use_train_model: object = True) -> str:
+    from xray3d.utils.runinfo import ckpt_model_name
+
+    use = str(use_train_model).lower() not in ("false", "0", "no")
+    return ckpt_model_name(
+        None if ckpt_path in (None, "", "None", "null", "???") else str(ckpt_path), choice, use
+    )
 
 
 _register_resolvers()

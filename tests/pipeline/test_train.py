@@ -121,3 +121,27 @@ def test_missing_dataset_fails_first_with_the_prepare_commands(tmp_path):
     assert "xray3d-download verse19" in res.stderr and "xray3d-prepare verse2019" in res.stderr
     assert str(tmp_path / "data" / "verse2019") in res.stderr and "Traceback" not in res.stderr
     assert not [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]  # no orphan run folder
+
+
+def test_eval_and_robustness_of_a_non_default_model_are_filed_under_it(tmp_path, embedded_small):
+    """eval.py / xray3d-robustness take the network from the checkpoint's run: so do the run folder, the
+    report labels and the W&B run name."""
+    res = _cli(
+        ["model=oned_concat", "trainer.max_steps=1", "test=false", "logger=none"], tmp_path, embedded_small
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = next((tmp_path / "logs" / "train").rglob("last.ckpt"))
+    common = [f"ckpt_path={ckpt}", f"data.data_dir={embedded_small}", "data.prepare=null"]
+    for args in (
+        [str(ROOT / "eval.py"), *common, "callbacks.images=null", "logger=wandb"],
+        ["-m", "xray3d.pipeline.robustness", *common, "angles_deg=[0]", "logger=none"],
+    ):
+        env = {**os.environ, "WANDB_MODE": "disabled", "XRAY3D_LOG_DIR": str(tmp_path / "logs")}
+        res = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+    for task in ("eval", "robustness"):
+        runs = list((tmp_path / "logs" / task / "embedded_vertebra").iterdir())
+        assert [p.name for p in runs] == ["oned_concat"], runs
+    resolved = next((tmp_path / "logs" / "eval").rglob("config_resolved.yaml")).read_text()
+    assert "name: oned_concat_embedded_vertebra_s12345" in resolved  # the W&B run name
+    assert "model: oned_concat" in resolved and "model: unet" not in resolved  # the report labels

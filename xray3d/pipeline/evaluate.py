@@ -13,29 +13,11 @@ from xray3d.callbacks.metrics_report import MetricsReport
 from xray3d.pipeline.preflight import check_data, run_or_exit
 from xray3d.pipeline.train import _finish_wandb, build, print_report, report_paths
 from xray3d.utils.instantiate import save_run_info
+from xray3d.utils.runinfo import _train_config_of, train_choice
 
 __all__ = ["run", "main", "train_choice"]
 
 log = logging.getLogger(__name__)
-
-
-def _train_config_of(ckpt: Path) -> Path | None:
-    """The Hydra config saved by the training run that wrote ``ckpt`` (``<run>/checkpoints/x.ckpt``)."""
-    for parent in list(ckpt.parents)[:3]:
-        candidate = parent / ".hydra" / "config.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def train_choice(ckpt: Path, group: str) -> str | None:
-    """The config-group choice (e.g. ``model`` -> ``"unet"``) of the training run that wrote ``ckpt``."""
-    cfg_path = _train_config_of(ckpt)
-    hydra_yaml = cfg_path.parent / "hydra.yaml" if cfg_path is not None else None
-    if hydra_yaml is None or not hydra_yaml.is_file():
-        return None
-    choice = OmegaConf.select(OmegaConf.load(hydra_yaml), f"hydra.runtime.choices.{group}", default=None)
-    return str(choice) if choice is not None else None
 
 
 def run(cfg: DictConfig) -> tuple[dict, dict]:
