@@ -145,3 +145,14 @@ def test_eval_and_robustness_of_a_non_default_model_are_filed_under_it(tmp_path,
     resolved = next((tmp_path / "logs" / "eval").rglob("config_resolved.yaml")).read_text()
     assert "name: oned_concat_embedded_vertebra_s12345" in resolved  # the W&B run name
     assert "model: oned_concat" in resolved and "model: unet" not in resolved  # the report labels
+
+
+def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path, embedded_small):
+    res = _cli(
+        ["trainer.max_steps=4", "callbacks.progress.every_n_steps=2", "test=false", "logger=none", "debug=limit"],
+        tmp_path,
+        embedded_small,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "step 2/4  loss " in out and "it/s  ETA " in out and "step 4/4" in out
