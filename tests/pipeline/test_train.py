@@ -149,7 +149,13 @@ def test_eval_and_robustness_of_a_non_default_model_are_filed_under_it(tmp_path,
 
 def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path, embedded_small):
     res = _cli(
-        ["trainer.max_steps=4", "callbacks.progress.every_n_steps=2", "test=false", "logger=none", "debug=limit"],
+        [
+            "trainer.max_steps=4",
+            "callbacks.progress.every_n_steps=2",
+            "test=false",
+            "logger=none",
+            "debug=limit",
+        ],
         tmp_path,
         embedded_small,
     )
