@@ -118,6 +118,7 @@ def test_ddp_two_cpu_processes_train_test_equals_single_process_eval(ddp_dataset
         )
 
 
+@pytest.mark.slow  # trainer.test under DDP is the path the default-suite DDP train + test already runs
 def test_ddp_eval_matches_single_process(ddp_dataset, tmp_path):
     """eval.py itself under DDP: same per-case rows as one process."""
     run_dir = tmp_path / "train"
