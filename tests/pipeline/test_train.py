@@ -139,6 +139,15 @@ def test_eval_and_robustness_of_a_non_default_model_are_filed_under_it(tmp_path,
         env = {**os.environ, "WANDB_MODE": "disabled", "XRAY3D_LOG_DIR": str(tmp_path / "logs")}
         res = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-3000:]
+        out = res.stdout + res.stderr  # no third-party noise (xray3d/utils/quiet.py)
+        for noise in (
+            "LeafSpec",
+            "💡 Tip",
+            "anonymous setting",
+            "dirpath has changed",
+            "callbacks used to create",
+        ):
+            assert noise not in out, noise
     for task in ("eval", "robustness"):
         runs = list((tmp_path / "logs" / task / "embedded_vertebra").iterdir())
         assert [p.name for p in runs] == ["oned_concat"], runs
@@ -162,3 +171,10 @@ def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path, embedded_small):
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert "step 2/4  loss " in out and "it/s  ETA " in out and "step 4/4" in out
+
+
+def test_a_run_shorter_than_an_epoch_validates_at_its_last_step(compose_train):
+    # debug=limit: 8 samples per epoch, batch 2 -> 4 steps per epoch; stop after 2
+    cfg = compose_train("debug=limit", "logger=none", "trainer.max_steps=2", "test=false")
+    metrics, _ = train.run(cfg)
+    assert "val/dice" in metrics and metrics["paths"]["best_checkpoint"]

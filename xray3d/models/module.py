@@ -138,6 +138,13 @@ class ReconstructionModule(L.LightningModule):
         )
         return loss
 
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """At the last step ask Lightning to stop: it then validates there, so a run shorter than an epoch
+        still gets ``val/dice`` and a best checkpoint (instead of a 'monitored key not found' warning)."""
+        trainer = self.trainer
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
     # ---------------------------------------------------------------- evaluation
     def predict_mask(self, batch: dict) -> tuple[Tensor, Tensor]:
         """Return ``(logits, binary mask)`` for a batch."""
