@@ -10,7 +10,7 @@ ARGS   ?=
 .PHONY: help env prepare train test test-slow test-all lint format bench bench-eval bench-prepare bench-train clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # The environment is rebuilt only when the pins change. torch is the CPU build pinned by the
 # constraints file on every pip call, and the lock is installed with --no-deps, so nothing can pull a

@@ -27,7 +27,11 @@ def overrides(tmp_path: Path, embedded_small: Path):
     GlobalHydra.instance().clear()
 
 
-def test_both_stages_run_in_order(overrides: list[str], tmp_path: Path) -> None:
+def test_both_stages_run_in_order(overrides: list[str], tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(
+        tmp_path
+    )  # a relative log dir, as in `paths.log_dir=logs`: the paths still come out absolute
+    overrides = ["paths.log_dir=logs" if o.startswith("paths.log_dir=") else o for o in overrides]
     results = two_stage.run(overrides)
     stage1, stage2 = results["stage1_autoencoder"], results["stage2_predictor"]
     run1, run2 = Path(stage1["paths"]["run_dir"]), Path(stage2["paths"]["run_dir"])
@@ -36,6 +40,8 @@ def test_both_stages_run_in_order(overrides: list[str], tmp_path: Path) -> None:
     assert run2.parent == ae_ckpt.parents[2] and run2.name == "stage2_predictor"
     assert run2.parent.is_relative_to(tmp_path / "logs" / "tl_embedding" / "embedded_vertebra")
     assert Path(stage2["paths"]["best_checkpoint"]).is_file()
+    printed = [v for r in (stage1, stage2) for v in r["paths"].values() if isinstance(v, str) and "/" in v]
+    assert printed and all(Path(v).is_absolute() for v in printed)  # not a mix of relative and absolute
     assert 0.0 <= stage2["test/dice"] <= 1.0
 
     saved = OmegaConf.load(run2 / ".hydra" / "config.yaml")  # what eval.py reads

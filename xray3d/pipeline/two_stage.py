@@ -152,7 +152,7 @@ def run(
         raise ValueError(f"stage1_checkpoint must be 'last' or 'best', got {stage1_checkpoint!r}")
     overrides = list(overrides)
     # Compose both stages first so a typo fails now, not after stage 1 has trained.
-    root = _runs_root(compose_stage("stage1_autoencoder", overrides), overrides)
+    root = _runs_root(compose_stage("stage1_autoencoder", overrides), overrides).resolve()  # absolute paths
     compose_stage("stage2_predictor", overrides)
     results: dict[str, dict] = {}
     try:
