@@ -4,8 +4,9 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: the Hydra config directory (the repository's ``conf/``; the package is installed editable)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+#: the Hydra config directory, shipped inside the package (``xray3d/conf``; the repository's top-level
+#: ``conf`` is a link to it), so a plain ``pip install`` has it
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def _wandb_offline() -> bool:

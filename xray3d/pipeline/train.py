@@ -125,6 +125,11 @@ def run(cfg: DictConfig) -> tuple[dict, dict]:
     from xray3d.pipeline import resume  # skip finished runs, resume from last.ckpt (requeue, re-run sweep)
 
     check_data(cfg)  # a missing dataset fails before anything is built
+    log.info(
+        "datasets in %s, runs in %s (set XRAY3D_DATA_DIR / XRAY3D_LOG_DIR to change)",
+        Path(str(cfg.paths.data_dir)).resolve(),
+        Path(str(cfg.paths.log_dir)).resolve(),
+    )
     if (done := resume.prepare_run(cfg)) is not None:
         return done, {}
     if cfg.get("seed") is not None:
