@@ -14,7 +14,7 @@ help:  ## list targets
 
 # The environment is rebuilt only when the pins change. torch is the CPU build pinned by the
 # constraints file on every pip call, and the lock is installed with --no-deps, so nothing can pull a
-# multi-GB CUDA torch or a torchvision that fails to import (see README: Installation).
+# multi-GB CUDA torch or a torchvision that fails to import (see docs/development.md).
 $(STAMP): pyproject.toml requirements/lock.txt requirements/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --no-deps -c requirements/constraints.txt -r requirements/lock.txt

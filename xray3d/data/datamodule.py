@@ -131,7 +131,7 @@ class BiplanarDataModule(L.LightningDataModule):
             how = f"prepare it once with: {self.prepare_hint}" if self.prepare_hint else "prepare it first"
             raise DataError(
                 f"no manifest at {self.manifest} and no data.prepare configured: {how} "
-                "(README: Public datasets), or point data.data_dir at a prepared dataset"
+                "(docs/datasets.md), or point data.data_dir at a prepared dataset"
             )
         splits = sorted({s for names in self.splits.values() for s in names})
         report = ensure_array_cache(

@@ -25,7 +25,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read and check a dataset manifest (CSV with at least :data:`REQUIRED_COLUMNS`)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"manifest not found: {path}. Prepare the dataset first (README: Public datasets).")
+        raise DataError(f"manifest not found: {path}. Prepare the dataset first (docs/datasets.md).")
     try:
         df = pd.read_csv(path, dtype={"sample_id": str, "level": str, "split": str})
     except Exception as exc:

@@ -6,7 +6,7 @@ ROI centred on the vertebra's centroid, PIR, CT kept in HU (air and the -2048 ou
 become -1024), target = that vertebra's binary mask, on the 64³ @ 1.5 mm training grid. The rib cage
 (the 24 ribs merged, all present) is prepared once as a 320 mm ROI at 128³ @ 2.5 mm.
 
-Fixed split by vertebral level (documented in README.md; validation is never the test set):
+Fixed split by vertebral level (documented in docs/datasets.md; validation is never the test set):
 
 * test:  T3, T7, T11 (upper, middle and lower thoracic spine)
 * val:   T5, T9

@@ -34,7 +34,7 @@ def check_data(cfg: DictConfig) -> None:
     raise DataError(
         f"the dataset of this data config is not prepared: {manifest} does not exist.\n"
         f"Prepare it once with\n  {hint}\n"
-        "(README: Public datasets), or point data.data_dir at a prepared copy: data.data_dir=/path/to/dataset"
+        "(docs/datasets.md), or point data.data_dir at a prepared copy: data.data_dir=/path/to/dataset"
     )
 
 
