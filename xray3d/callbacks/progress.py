@@ -7,8 +7,9 @@ import sys
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
-__all__ = ["LogProgress"]
+__all__ = ["LogProgress", "StepProgressBar"]
 
 log = logging.getLogger("xray3d.progress")
 
@@ -66,3 +67,20 @@ class LogProgress(L.Callback):
             text += f"  val/dice {float(val):.4f}"
         log.info(text)
         self._last_t, self._last_step = now, step
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, reading ``Epoch 3 (step 120/1000)`` instead of ``Epoch 3/-2`` when the
+    run is bounded by ``trainer.max_steps`` (``max_epochs = -1``)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if (
+            trainer.max_epochs is not None
+            and trainer.max_epochs < 0
+            and trainer.max_steps
+            and trainer.max_steps > 0
+        ):
+            text = f"Epoch {current_epoch} (step {trainer.global_step}/{trainer.max_steps})"
+            return f"{text:{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
