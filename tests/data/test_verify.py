@@ -48,3 +48,34 @@ def test_each_problem_is_reported_with_what_to_do(embedded_small, tmp_path, caps
 def test_missing_manifest(tmp_path):
     report = verify_dataset(tmp_path)
     assert not report.ok and "manifest not found" in report.errors[0]
+
+
+def test_exit_code_on_an_empty_manifest_and_an_incomplete_preparation(embedded_small, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def copy(name):
+        root = tmp_path / name
+        shutil.copytree(embedded_small, root, ignore=shutil.ignore_patterns(".*"))
+        return root
+
+    def cli(root):  # the console script's exit code: sys.exit(main())
+        code = f"import sys; from xray3d.data.verify import main; sys.exit(main([{str(root)!r}]))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+    assert cli(embedded_small).returncode == 0
+    empty = copy("empty")
+    df = pd.read_csv(empty / "manifest.csv")
+    df.iloc[:0].to_csv(empty / "manifest.csv", index=False)
+    res = cli(empty)
+    assert res.returncode == 1 and "lists no samples" in res.stderr
+    partial = copy("partial")
+    meta = json.loads((partial / "manifest.json").read_text())
+    meta["complete"] = False
+    meta.setdefault("skipped", []).append(
+        {"subject": "s1", "sample_id": "s1_L1", "reason": "x", "failed": True}
+    )
+    (partial / "manifest.json").write_text(json.dumps(meta))
+    res = cli(partial)
+    assert res.returncode == 1 and "incomplete" in res.stderr and "s1_L1" in res.stderr

@@ -16,6 +16,7 @@ Every problem is printed with the file and what to do; the exit code is 1 when a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,23 @@ def verify_dataset(data_dir: str | Path, anatomy: str | None = None) -> VerifyRe
             report.errors.append(f"no {anatomy!r} samples in {root / 'manifest.csv'}")
             return report
     report.n_samples = len(df)
+    if df.empty:
+        report.errors.append(
+            f"{root / 'manifest.csv'} lists no samples: nothing to train on; re-prepare the dataset"
+        )
+    meta_path = root / "manifest.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            report.errors.append(f"{meta_path} is not valid JSON ({exc}); re-prepare the dataset")
+        else:
+            if isinstance(meta, dict) and meta.get("complete") is False:
+                failed = [s.get("sample_id") for s in meta.get("skipped", []) if s.get("failed")]
+                report.errors.append(
+                    f"{meta_path} says the preparation is incomplete (failed: {failed[:5]}"
+                    f"{'...' if len(failed) > 5 else ''}); re-run the preparation to finish it"
+                )
     for sid in df.loc[df["sample_id"].duplicated(), "sample_id"]:
         report.errors.append(f"{sid}: listed twice in the manifest; re-prepare the dataset")
     for col in REQUIRED_COLUMNS:
