@@ -177,8 +177,10 @@ class ReconstructionModule(L.LightningModule):
             return
         means = metric_means(rows)
         for key in METRIC_KEYS:
-            self.log(f"{stage}/{key}", means[key], prog_bar=key == "dice")
-        self.log(f"{stage}/n_empty_pred", means["n_empty_pred"])
+            # identical on every rank (gathered rows): the all-reduced mean is exact, and Lightning does not
+            # warn about epoch-level values logged without sync_dist under DDP
+            self.log(f"{stage}/{key}", means[key], prog_bar=key == "dice", sync_dist=True)
+        self.log(f"{stage}/n_empty_pred", means["n_empty_pred"], sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._start_evaluation("val")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
-
-__all__ = ["quiet_third_party", "WandbLogger"]
+__all__ = ["quiet_third_party"]
 
 #: warning texts (regular expressions) that are noise in xray3d's pipelines, and why
 _WARNINGS = (
@@ -37,12 +35,3 @@ def quiet_third_party() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
-
-
-class WandbLogger(_LightningWandbLogger):
-    """Lightning's ``WandbLogger`` without the deprecated ``anonymous`` setting it always passes to
-    ``wandb.init`` (W&B prints "The anonymous setting has no effect" on every run otherwise)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._wandb_init.pop("anonymous", None)
