@@ -59,7 +59,11 @@ def test_split_is_fixed_and_disjoint():
 def test_full_preparation_with_rib(tmp_path):
     manifest = prepare_embedded(tmp_path, include_rib=True)
     df = pd.read_csv(manifest)
-    assert list(df[df.anatomy == "vertebra"]["level"]) == [f"T{i}" for i in range(1, 13)] + ["L1"]
+    chest = df[(df.anatomy == "vertebra") & (df.patient == "chestct")]
+    assert list(chest["level"]) == [f"T{i}" for i in range(1, 13)] + ["L1"]
+    external = df[df.split == "external"]
+    assert list(external["level"]) == ["L1", "L2", "L3", "L4", "L5"]
+    assert set(external["cohort"]) == {"cross-patient"} and set(chest["cohort"]) == {"within-patient"}
     rib = df[df.anatomy == "rib"].iloc[0]
     img = nib.load(tmp_path / rib.mask_path)
     assert img.shape == (128, 128, 128) and np.allclose(nib.affines.voxel_sizes(img.affine), 2.5)

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from xray3d.data.array_cache import ensure_array_cache
+from xray3d.data.augment import AnatomyAugment
 from xray3d.data.dataset import ManifestDataset
 from xray3d.data.io import DataError
 from xray3d.data.projection import BiplanarProjector
@@ -44,6 +45,9 @@ class BiplanarDataModule(L.LightningDataModule):
         rotation_deg: max absolute random rotation added to each Euler angle of each view (training).
         gamma_jitter: training images get ``img ** gamma``, ``log(gamma) ~ U(-j, j)``.
         noise_std: std of Gaussian noise added to the [0, 1] training images.
+        augment: anatomy-level augmentation of the training CT and mask before rendering
+            (:class:`~xray3d.data.augment.AnatomyAugment`: scale, rotation, mirroring, bone density);
+            ``None`` = off.
         clinical: ``measure(mask, affine) -> dict`` of the anatomy's clinical parameters
             (``conf/clinical/<anatomy>.yaml``), measured at test time on ground truth and prediction.
         group_by: manifest metadata columns the test report disaggregates by (subgroups).
@@ -78,6 +82,7 @@ class BiplanarDataModule(L.LightningDataModule):
         rotation_deg: float = 3.0,
         gamma_jitter: float = 0.1,
         noise_std: float = 0.01,
+        augment: AnatomyAugment | None = None,
         clinical: Callable[..., dict] | None = None,
         group_by: tuple[str, ...] = (),
         seed: int = 0,
@@ -102,6 +107,7 @@ class BiplanarDataModule(L.LightningDataModule):
         self.rotation_deg = float(rotation_deg)
         self.gamma_jitter = float(gamma_jitter)
         self.noise_std = float(noise_std)
+        self.augment = augment
         self.clinical = clinical
         self.group_by = tuple(group_by)
         self.seed = int(seed)
@@ -230,6 +236,8 @@ class BiplanarDataModule(L.LightningDataModule):
         offsets = rotation_offsets_deg
         g = self.generator(device) if augment else None
         with torch.autocast(device_type=device.type, enabled=False):
+            if augment and self.augment is not None and self.augment.active and "mask" in batch:
+                ct, batch["mask"] = self.augment(ct, batch["mask"], g)
             if augment and self.rotation_deg > 0 and offsets is None:
                 offsets = (torch.rand(b, 2, 3, device=device, generator=g) * 2 - 1) * self.rotation_deg
             views = self.projection(ct.float(), spacing_mm=self.spacing_mm, rotation_offsets_deg=offsets)

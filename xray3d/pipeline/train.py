@@ -99,6 +99,14 @@ def print_report(paths: dict, callbacks: list) -> None:
             if summary.get("baseline"):
                 text += f" | mean-shape baseline dice={summary['baseline']['baseline_dice']['mean']:.4f}"
             lines.append(text)
+            for name, c in (summary.get("cohorts") or {}).items():
+                text = f"    {name}: n={c['n']} dice={c['dice']:.4f}"
+                text += f" hd95_mm={c.get('hd95_mm', float('nan')):.2f}"
+                if "baseline_dice" in c:
+                    text += f" | mean-shape baseline dice={c['baseline_dice']:.4f}"
+                    below = c.get("below_baseline") or []
+                    text += f" | below baseline: {', '.join(below) if below else 'none'}"
+                lines.append(text)
             clin = summary.get("clinical") or {}
             if clin:
                 text = f"  clinical: measured {clin['n_measured']}/{clin['n_cases']}"
