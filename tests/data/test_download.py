@@ -21,17 +21,21 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pooch.downloaders
 import pytest
+import requests
 
 from xray3d.data.download import (
     DATASETS,
     ArchiveError,
     DownloadError,
     RemoteFile,
+    doi_file,
     download_dataset,
     download_file,
     extract_archive,
     main,
+    zenodo_files,
 )
 
 
@@ -417,6 +421,7 @@ def test_gated_datasets_print_instructions_without_network(tmp_path, capsys, mon
         raise AssertionError("network used")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(requests.Session, "send", no_network)  # every requests / pooch call goes through it
     assert main(["rsna_cervical", "--out", str(tmp_path / "rsna")]) == 2
     text = capsys.readouterr().out
     assert (
@@ -436,3 +441,53 @@ def test_cli_errors_are_reported(server, tmp_path, capsys) -> None:
     argv = ["totalseg_v2", "--out", str(tmp_path), "--zenodo-api", f"{base}/api/records", "--no-progress"]
     assert main(argv) == 1
     assert f"error: HTTP 404 Not Found for {base}/api/records/10047292" in capsys.readouterr().err
+
+
+def test_doi_url_is_resolved_by_pooch_and_resumable(server, tmp_path, monkeypatch) -> None:
+    """``--url doi:<DOI>/<file>``: pooch resolves the record (doi.org faked), our transfer fetches it."""
+    base, state = server
+    archive = _zip(tmp_path / "bones.zip", GOOD).read_bytes()
+    _zenodo(state, base, "777", {"bones.zip": archive, "readme.txt": b"r"})
+    resolved: list[str] = []
+
+    def fake_doi_org(doi: str, **kwargs) -> str:
+        resolved.append(doi)
+        return "https://zenodo.org/records/777"
+
+    monkeypatch.setattr(pooch.downloaders, "doi_to_url", fake_doi_org)
+    monkeypatch.setattr(pooch.downloaders.ZenodoRepository, "base_api_url", f"{base}/api/records")
+    out = tmp_path / "ts"
+    (out / "downloads").mkdir(parents=True)
+    (out / "downloads" / "bones.zip.part").write_bytes(archive[:100])  # an interrupted earlier run
+    argv = ["totalseg_v2", "--out", str(out), "--no-progress", "--url", "doi:10.5281/zenodo.777/bones.zip"]
+    assert main(argv) == 0
+    assert resolved == ["10.5281/zenodo.777"]
+    assert state.requests[-1] == ("/api/records/777/files/bones.zip/content", "bytes=100-")
+    assert (out / "downloads" / "bones.zip").read_bytes() == archive
+    rec = json.loads((out / "checksums.json").read_text())["bones.zip"]
+    assert rec["md5"] == _md5(archive) and rec["verified_by"] == "md5 published by the source"
+    assert (out / "raw" / "data" / "s0001" / "ct.nii.gz").read_bytes() == b"ct"
+    with pytest.raises(DownloadError, match="has no file 'nope.zip'; it has: bones.zip, readme.txt"):
+        download_dataset("totalseg_v2", out, files=[doi_file("doi:10.5281/zenodo.777/nope.zip")])
+
+
+def test_zenodo_answer_that_is_not_json_is_reported(server, tmp_path) -> None:
+    base, state = server
+    state.files["/api/records/6802614"] = b"<html>maintenance</html>"
+    with pytest.raises(
+        DownloadError, match=f"{base}/api/records/6802614 answered with something that is not"
+    ):
+        zenodo_files("6802614", f"{base}/api/records")
+    state.files["/api/records/6802614"] = json.dumps({"id": 6802614, "hits": []}).encode()
+    with pytest.raises(DownloadError, match="lists no files in a form pooch reads"):
+        download_dataset("totalseg_v1", tmp_path, zenodo_api=f"{base}/api/records", progress=False)
+    assert not (tmp_path / "downloads" / "Totalsegmentator_dataset.zip").exists()
+
+
+def test_progress_bar_download(server, tmp_path, capsys) -> None:
+    base, state = server
+    data = _payload(300_000, seed=6)
+    state.files["/f.bin"] = data
+    download_file(RemoteFile("f.bin", f"{base}/f.bin", len(data), _md5(data)), tmp_path / "f.bin", log=_quiet)
+    assert (tmp_path / "f.bin").read_bytes() == data
+    assert "f.bin" in capsys.readouterr().out  # rich drew the bar with the file name

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,82 @@ def test_algorithm_matches_train_test_split():
     split = reference_split(items)
     perm2 = np.random.RandomState(12345).permutation(17)
     assert {s for s, v in split.items() if v == "val"} == {train[i] for i in perm2[:3]}
+
+
+def _previous_rule(items: list[str], test_size: float, seed: int) -> tuple[list[str], list[str]]:
+    """The numpy re-implementation that prepared the existing datasets (before scikit-learn was used)."""
+    n_test = math.ceil(test_size * len(items))
+    perm = np.random.RandomState(seed).permutation(len(items))
+    return [items[i] for i in perm[n_test:]], [items[i] for i in perm[:n_test]]
+
+
+def _previous_reference_split(subjects: list[str], seed: int) -> dict[str, str]:
+    if len(subjects) < 3:
+        return dict.fromkeys(subjects, "train")
+    rest, test = _previous_rule(subjects, 0.15, seed)
+    train, val = _previous_rule(rest, 0.15, seed) if len(rest) >= 2 else (rest, [])
+    return {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
+
+
+def test_scikit_learn_equals_the_previous_rule_over_seeds_and_sizes():
+    """Existing prepared datasets keep their splits: scikit-learn's draw is the old numpy rule's."""
+    rng = random.Random(0)
+    sizes = [*range(2, 60), 100, 158, 445, 465, 481, 1204]
+    for n in sizes:
+        items = [f"sub-{rng.randrange(10**6):06d}-{i}" for i in range(n)]  # unsorted, arbitrary names
+        for seed in [0, 1, 7, 42, 12345, 2**31 - 1, *rng.sample(range(10**6), 6)]:
+            for test_size in (0.15, 0.2, 0.3, 0.5):
+                if math.ceil(test_size * n) >= n:
+                    with pytest.raises(ValueError, match="both parts need at least one subject"):
+                        shuffle_split(items, test_size, seed)
+                    continue
+                assert shuffle_split(items, test_size, seed) == _previous_rule(items, test_size, seed)
+            if n >= 3:
+                assert reference_split(items, seed=seed) == _previous_reference_split(items, seed)
+
+
+def test_split_lists_from_earlier_preparations_stay_valid(tmp_path):
+    """A manifest.csv written with the old rule (several rows per subject) imports to today's split."""
+    subjects = [f"s{i:04d}" for i in range(0, 300, 3)]
+    old = _previous_reference_split(subjects, 12345)
+    rows = [
+        {"sample_id": f"{s}_{side}", "subject": s, "split": old[s]}
+        for s in subjects
+        for side in ("left", "right")
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    assert load_split_lists(tmp_path / "manifest.csv") == old == reference_split(subjects)
+
+
+def test_groups_stay_together_and_nothing_is_lost():
+    subjects = [f"s{i:04d}" for i in range(60)]
+    # identity: no groups, an empty mapping and single-subject groups all give today's split
+    plain = reference_split(subjects)
+    assert reference_split(subjects, groups={}) == plain
+    assert reference_split(subjects, groups={s: f"scan-{s}" for s in subjects}) == plain
+    rng = random.Random(3)
+    for seed in range(60):
+        # random duplicate groups of 2-4 subjects (names not adjacent), the rest ungrouped
+        shuffled = rng.sample(subjects, len(subjects))
+        groups: dict[str, str] = {}
+        pos = 0
+        while pos < 30:
+            k = rng.randint(2, 4)
+            for s in shuffled[pos : pos + k]:
+                groups[s] = f"hash{pos}"
+            pos += k
+        split = reference_split(subjects, seed=seed, groups=groups)
+        assert sorted(split) == subjects  # every subject once, none invented
+        assert set(split.values()) == {"train", "val", "test"}
+        by_group: dict[str, set[str]] = {}
+        for s, key in groups.items():
+            by_group.setdefault(key, set()).add(split[s])
+        assert all(len(v) == 1 for v in by_group.values()), by_group
+    # the draw is made over groups: 3 groups are enough for a test split, 2 are not
+    two = {"a": "x", "b": "x", "c": "y", "d": "y"}
+    assert set(reference_split(list(two), groups=two).values()) == {"train"}
+    three = {**two, "e": "z"}
+    assert set(reference_split(list(three), groups=three).values()) >= {"train", "test"}
 
 
 def test_deterministic_and_seed_dependent():

@@ -28,21 +28,35 @@ at the dataset folder printed at the end). Sources, as read in January 2026:
 * ``rsna_cervical`` (Kaggle competition, needs an account and accepting the rules) and
   ``ctpelvic1k_images``: written instructions only; the command exits with status 2 without network access.
 
-Downloads resume with HTTP ``Range`` into ``<file>.part``; a server that ignores ``Range`` restarts the
-file cleanly. A file is renamed from ``.part`` only after its size and checksum are verified; a mismatch
-deletes the ``.part`` and fails with the expected and actual values. Zip and tar(.gz) archives are
-checked member by member before anything is written (absolute paths, ``..`` escapes, links pointing
-outside, device files and FIFOs are refused), extracted into a temporary folder inside ``DIR/raw`` and
-moved into place; a marker file makes re-runs skip archives already extracted. HTTP is stdlib ``urllib``;
-the progress bar is ``rich``.
+``--url URL --files NAME`` fetches any HTTP(S) URL instead of the catalogue; ``--url doi:<DOI>/<file>`` takes
+the file of a DOI-registered record (Zenodo, Figshare, Dataverse), with its download URL and md5 from the
+repository.
+
+What pooch does here, and what is ours:
+
+* pooch reads the repositories: ``pooch.downloaders.ZenodoRepository`` lists a Zenodo record's files with
+  their download URLs and md5s (legacy and InvenioRDM API), ``doi_to_repository`` resolves ``doi:`` URLs,
+  and ``pooch.file_hash`` computes the md5 and sha256 of a download (one pass over the file each).
+* The transfer is ours, on ``requests`` (pooch's HTTP library), because pooch cannot resume: its
+  ``HTTPDownloader`` always writes from byte 0 and does not expose the response status, so an interrupted
+  23 GB archive would start over. Downloads resume with HTTP ``Range`` into ``<file>.part``; a server that
+  ignores ``Range`` restarts the file cleanly. A file is renamed from ``.part`` only after its size and
+  checksums are verified; a mismatch deletes the ``.part`` and fails with the expected and actual values.
+* Extraction is ours, because pooch's processors are not safe for untrusted archives: ``Unzip`` silently
+  rewrites ``..`` and absolute member names instead of refusing the archive and writes symbolic links as
+  plain files, and ``Untar`` extracts without a filter before Python 3.12. Zip and tar(.gz) archives are
+  checked member by member before anything is written (absolute paths, ``..`` escapes, links pointing
+  outside, device files and FIFOs are refused), extracted into a temporary folder inside ``DIR/raw`` and
+  moved into place; a marker file makes re-runs skip archives already extracted.
+
+The progress bar is ``rich``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
-import hashlib
-import http.client
 import json
 import os
 import posixpath
@@ -52,13 +66,25 @@ import stat
 import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+import pooch
+import requests
+import urllib3
+from pooch.downloaders import DataRepository, ZenodoRepository, doi_to_repository
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 __all__ = [
     "DATASETS",
@@ -67,6 +93,7 @@ __all__ = [
     "DownloadError",
     "RemoteFile",
     "download_dataset",
+    "doi_file",
     "download_file",
     "extract_archive",
     "list_files",
@@ -75,7 +102,7 @@ __all__ = [
 ]
 
 ZENODO_API = "https://zenodo.org/api/records"
-USER_AGENT = "xray3d-download/0.1 (python-urllib)"
+USER_AGENT = f"xray3d-download/0.2 (requests; pooch {pooch.__version__})"
 CHUNK = 1 << 20
 MARKER_PREFIX = ".extracted-"
 
@@ -266,10 +293,10 @@ DATASETS: dict[str, Dataset] = {
 
 
 # ----------------------------------------------------------------------------------------------------------
-# HTTP
+# HTTP (requests, as pooch uses it) and Zenodo / DOI resolution (pooch)
 
 
-def _describe_http_error(exc: urllib.error.HTTPError, url: str) -> str:
+def _describe_http_error(status: int, reason: str, url: str) -> str:
     hints = {
         401: "the server wants a login",
         403: "access refused (a gated dataset, or a rate limit)",
@@ -277,96 +304,115 @@ def _describe_http_error(exc: urllib.error.HTTPError, url: str) -> str:
         410: "the file was removed",
         429: "too many requests: wait a few minutes and run again",
     }
-    hint = hints.get(exc.code, "server error, try again later" if exc.code >= 500 else "")
-    return f"HTTP {exc.code} {exc.reason} for {url}" + (f": {hint}" if hint else "")
+    hint = hints.get(status, "server error, try again later" if status >= 500 else "")
+    return f"HTTP {status} {reason} for {url}" + (f": {hint}" if hint else "")
 
 
-def _open(url: str, headers: dict[str, str] | None = None, timeout: float = 60.0):
-    """``urlopen`` with a user agent; HTTP and network failures become :class:`DownloadError`."""
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
+def _raise_for_status(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """``requests`` response hook: an HTTP error (except 416, handled when resuming) is a DownloadError.
+
+    Passed as ``hooks=`` to our requests and, through its ``**kwargs``, to pooch's repository requests, so
+    a failing Zenodo API call reports its status instead of a JSON parse error.
+    """
+    if resp.status_code >= 400 and resp.status_code != 416:
+        raise DownloadError(_describe_http_error(resp.status_code, resp.reason, resp.url))
+
+
+_REQUEST_KWARGS: dict[str, Any] = {
+    "headers": {"User-Agent": USER_AGENT},
+    "hooks": {"response": [_raise_for_status]},
+}
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a chained network error (e.g. ``Connection refused``)."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+@contextlib.contextmanager
+def _network_errors(url: str, timeout: float) -> Iterator[None]:
+    """Turn ``requests`` connection failures into :class:`DownloadError` saying what to do."""
     try:
-        return urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416:
-            raise
-        raise DownloadError(_describe_http_error(exc, url)) from exc
-    except urllib.error.URLError as exc:
-        raise DownloadError(
-            f"cannot reach {urllib.request.urlparse(url).netloc} ({exc.reason}): check the network "
-            "connection / proxy (HTTPS_PROXY) and run again"
-        ) from exc
-    except TimeoutError as exc:
+        yield
+    except requests.exceptions.Timeout as exc:
         raise DownloadError(f"no answer from {url} within {timeout:.0f} s: run again later") from exc
+    except requests.exceptions.HTTPError as exc:  # raise_for_status() inside pooch
+        raise DownloadError(
+            _describe_http_error(exc.response.status_code, exc.response.reason, exc.response.url)
+        ) from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise DownloadError(
+            f"cannot reach {urlparse(url).netloc} ({_root_cause(exc)}): check the network connection / "
+            "proxy (HTTPS_PROXY) and run again"
+        ) from exc
+    except requests.exceptions.RequestException as exc:
+        raise DownloadError(f"cannot download {url} ({exc})") from exc
 
 
-def zenodo_files(record: str, api: str = ZENODO_API, timeout: float = 60.0) -> list[RemoteFile]:
-    """Files of a Zenodo record with size and md5, from ``<api>/<record>`` (legacy and InvenioRDM JSON)."""
-    url = f"{api.rstrip('/')}/{record}"
-    with _open(url, {"Accept": "application/json"}, timeout) as resp:
+def _zenodo_repository(record: str, api: str, timeout: float) -> ZenodoRepository:
+    """pooch's Zenodo repository for a record, its API at ``api`` (the record is known: no doi.org hop)."""
+    repo = ZenodoRepository(
+        f"10.5281/zenodo.{record}", f"https://zenodo.org/records/{record}", timeout=timeout, **_REQUEST_KWARGS
+    )
+    repo.base_api_url = api.rstrip("/")
+    return repo
+
+
+def _repository_files(repo: DataRepository, where: str, timeout: float) -> list[RemoteFile]:
+    """Files of a pooch data repository: names, download URLs and hashes from pooch.
+
+    Sizes are read from the Zenodo API answer pooch fetched (``size``, or ``filesize`` in the new API);
+    other repositories give none (the download then checks the checksum only).
+    """
+    registry = pooch.Pooch(path=".", base_url=f"doi:{repo.doi}/", registry={})
+    with _network_errors(where, timeout):
         try:
-            meta = json.loads(resp.read().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DownloadError(f"Zenodo answered {url} with something that is not JSON") from exc
-    entries = meta.get("files")
-    if isinstance(entries, dict):  # InvenioRDM "files": {"entries": {...}}
-        entries = list((entries.get("entries") or {}).values())
-    if not isinstance(entries, list):
-        raise DownloadError(f"Zenodo record {record} lists no files ({url})")
+            repo.populate_registry(registry)
+            sizes = {}
+            if isinstance(repo, ZenodoRepository):
+                sizes = {
+                    e.get("key") or e.get("filename"): e.get("size", e.get("filesize"))
+                    for e in repo.api_response["files"]
+                }
+            urls = {name: repo.download_url(name) for name in registry.registry}
+        except requests.exceptions.JSONDecodeError as exc:
+            raise DownloadError(f"{where} answered with something that is not JSON") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DownloadError(f"{where} lists no files in a form pooch reads ({exc})") from exc
     files = []
-    for e in entries:
-        name = e.get("key") or e.get("filename")
-        checksum = str(e.get("checksum") or "")
-        md5 = checksum.split(":", 1)[1] if checksum.startswith("md5:") else None
-        links = e.get("links") or {}
-        link = links.get("self") or links.get("content") or links.get("download")
-        if not name or not link:
-            continue
-        files.append(RemoteFile(name, link, int(e["size"]) if e.get("size") is not None else None, md5))
+    for name, known_hash in registry.registry.items():
+        alg, _, digest = str(known_hash).rpartition(":")
+        size = sizes.get(name)
+        files.append(
+            RemoteFile(
+                name, urls[name], int(size) if size is not None else None, digest if alg == "md5" else None
+            )
+        )
     return files
 
 
-def _hash_file(path: Path, algos: Iterable[str]) -> dict[str, Any]:
-    hashes = {a: hashlib.new(a) for a in algos}
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            for h in hashes.values():
-                h.update(chunk)
-    return hashes
+def zenodo_files(record: str, api: str = ZENODO_API, timeout: float = 60.0) -> list[RemoteFile]:
+    """Files of a Zenodo record with size and md5, read through pooch's ``ZenodoRepository``."""
+    return _repository_files(_zenodo_repository(record, api, timeout), f"{api.rstrip('/')}/{record}", timeout)
 
 
-class _Progress:
-    """A rich progress bar for one file (silent when disabled)."""
-
-    def __init__(self, name: str, total: int | None, done: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(name, total=total, completed=done)
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+def doi_file(url: str, timeout: float = 60.0) -> RemoteFile:
+    """Resolve ``doi:<DOI>/<file name>`` (Zenodo, Figshare, Dataverse) with pooch to a downloadable file."""
+    doi, _, name = url.removeprefix("doi:").rpartition("/")
+    if not doi or not name:
+        raise DownloadError(f"{url!r} is not a DOI file URL: write doi:<DOI>/<file name>")
+    with _network_errors(f"https://doi.org/{doi}", timeout):
+        try:
+            # no status hook here: pooch probes repositories and expects some of them to answer 404
+            repo = doi_to_repository(doi, timeout=timeout, headers=_REQUEST_KWARGS["headers"])
+        except ValueError as exc:  # not a repository pooch knows
+            raise DownloadError(f"doi:{doi}: {exc}") from exc
+    files = {f.name: f for f in _repository_files(repo, f"doi:{doi}", timeout)}
+    if name not in files:
+        raise DownloadError(f"doi:{doi} has no file {name!r}; it has: {', '.join(sorted(files)) or 'none'}")
+    return files[name]
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -436,20 +482,26 @@ class _Interrupted(Exception):
     """The transfer stopped before the end (resumable)."""
 
 
-def _transfer(remote: RemoteFile, part: Path, offset: int, progress: bool, timeout: float, log) -> None:
-    headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
-    try:
-        resp = _open(remote.url, headers, timeout)
-    except urllib.error.HTTPError as exc:  # 416: nothing left to send for this offset
-        if remote.size is None or offset < remote.size:
-            log(f"{remote.name}: server refused to resume at byte {offset} (HTTP 416); restarting")
-            part.unlink(missing_ok=True)
-            raise _Interrupted("range not satisfiable") from exc
-        return
+def _transfer(
+    remote: RemoteFile, part: Path, offset: int, progress: bool, timeout: float, log: Callable[[str], None]
+) -> None:
+    # identity encoding: the bytes on disk are the file's bytes, and Range offsets count them
+    headers = {**_REQUEST_KWARGS["headers"], "Accept-Encoding": "identity"}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+    with _network_errors(remote.url, timeout):
+        resp = requests.get(
+            remote.url, headers=headers, hooks=_REQUEST_KWARGS["hooks"], timeout=timeout, stream=True
+        )
     with resp:
-        status = getattr(resp, "status", 200)
+        if resp.status_code == 416:  # nothing left to send for this offset
+            if remote.size is None or offset < remote.size:
+                log(f"{remote.name}: server refused to resume at byte {offset} (HTTP 416); restarting")
+                part.unlink(missing_ok=True)
+                raise _Interrupted("range not satisfiable")
+            return
         mode = "ab"
-        if offset > 0 and status == 206:
+        if offset > 0 and resp.status_code == 206:
             start = _content_range_start(resp.headers.get("Content-Range"))
             if start != offset:
                 log(f"{remote.name}: server resumed at byte {start}, not {offset}; restarting")
@@ -462,27 +514,32 @@ def _transfer(remote: RemoteFile, part: Path, offset: int, progress: bool, timeo
         total = remote.size
         if total is None and length is not None:
             total = offset + int(length)
-        bar = _Progress(remote.name, total, offset, progress)
         received = 0
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            disable=not progress,
+        )
         try:
-            with open(part, mode) as f:
-                while True:
-                    try:
-                        chunk = resp.read(CHUNK)
-                    except (OSError, http.client.HTTPException) as exc:  # reset, timeout, short read
-                        raise _Interrupted(f"{type(exc).__name__}: {exc}") from exc
-                    if not chunk:
-                        break
+            with bar, open(part, mode) as f:
+                task = bar.add_task(remote.name, total=total, completed=offset)
+                # raw undecoded reads: a chunk cut short by a dropped connection is still written
+                for chunk in resp.raw.stream(CHUNK, decode_content=False):
                     f.write(chunk)
                     received += len(chunk)
-                    bar.advance(len(chunk))
-        finally:
-            bar.close()
+                    bar.advance(task, len(chunk))
+        except urllib3.exceptions.HTTPError as exc:  # reset, read timeout, short read (not disk errors)
+            raise _Interrupted(f"{type(exc).__name__}: {_root_cause(exc)}") from exc
         if length is not None and received < int(length):
             raise _Interrupted(f"got {received} of {int(length)} bytes")
 
 
-def _verify_and_finalise(remote: RemoteFile, part: Path, dest: Path, sha256: str | None, log) -> dict:
+def _verify_and_finalise(
+    remote: RemoteFile, part: Path, dest: Path, sha256: str | None, log: Callable[[str], None]
+) -> dict[str, Any]:
     size = part.stat().st_size
     if remote.size is not None and size != remote.size:
         part.unlink()
@@ -490,13 +547,12 @@ def _verify_and_finalise(remote: RemoteFile, part: Path, dest: Path, sha256: str
             f"{remote.name}: size mismatch (expected {remote.size} bytes, got {size}); the partial file was "
             "deleted: run again"
         )
-    hashes = _hash_file(part, ("md5", "sha256"))
-    got = {k: h.hexdigest() for k, h in hashes.items()}
-    for algo, want in (("md5", remote.md5), ("sha256", sha256)):
-        if want and got[algo] != want.lower():
+    got = {alg: pooch.file_hash(str(part), alg=alg) for alg in ("md5", "sha256")}
+    for alg, want in (("md5", remote.md5), ("sha256", sha256)):
+        if want and got[alg] != want.lower():
             part.unlink()
             raise DownloadError(
-                f"{remote.name}: {algo} checksum mismatch (expected {want}, got {got[algo]}); the corrupt "
+                f"{remote.name}: {alg} checksum mismatch (expected {want}, got {got[alg]}); the corrupt "
                 f"download was deleted: run again (if it keeps failing, the source changed)"
             )
     if remote.reference_md5 and got["md5"] != remote.reference_md5:
@@ -822,7 +878,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="dataset folder (downloads/, raw/, checksums.json)")
     parser.add_argument("--files", nargs="+", metavar="PATTERN", help="only files matching these patterns")
     parser.add_argument("--list", action="store_true", help="list the files (needs network for Zenodo)")
-    parser.add_argument("--url", help="fetch this URL instead of the catalogue (with --files NAME)")
+    parser.add_argument(
+        "--url",
+        help="fetch this URL instead of the catalogue (with --files NAME), or doi:<DOI>/<file name> "
+        "(Zenodo, Figshare, Dataverse; name and md5 from the repository)",
+    )
     parser.add_argument("--no-extract", action="store_true", help="keep archives packed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds [60]")
@@ -844,7 +904,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.out:
             parser.error("--out is required to download")
         explicit = None
-        if args.url:
+        if args.url and args.url.startswith("doi:"):
+            explicit = [doi_file(args.url, args.timeout)]
+        elif args.url:
             if not args.files or len(args.files) != 1 or any(c in args.files[0] for c in "*?["):
                 parser.error("--url needs --files with the single file name to save it as")
             explicit = [RemoteFile(args.files[0], args.url)]

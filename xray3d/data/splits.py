@@ -2,14 +2,14 @@
 
 The reference (``B:scripts/generate_train_val_test_paths.py``) calls
 ``sklearn.model_selection.train_test_split(subjects, test_size=0.15, shuffle=True, random_state=12345)``
-and then the same call on the train part for validation (0.15). scikit-learn is not a dependency here, so
-:func:`reference_split` re-implements the algorithm of ``train_test_split`` / ``ShuffleSplit`` with numpy:
-``n_test = ceil(test_size * n)``, ``perm = RandomState(seed).permutation(n)``, test = ``perm[:n_test]``,
-train = ``perm[n_test:]`` (in permutation order, which matters for the second call). This follows
-scikit-learn's source but was not checked against scikit-learn itself (not installed), and the draw also
-depends on the order of the input subjects (the reference's order is that of its subject lists, which we
-do not have): to reproduce the published splits exactly, import the reference's split CSVs with
-:func:`load_split_lists`. Both paths guarantee that no subject is in two splits.
+and then the same call on the train part for validation (0.15). :func:`shuffle_split` is that call
+(scikit-learn's own function, not a re-implementation), and :func:`reference_split` chains the two calls.
+Subjects known to be the same scan (``groups``, e.g. duplicates found by content) are split as one unit:
+the first subject of each group stands for it in the draw. Without groups the result is exactly the
+reference's draw for the same input order. The draw depends on that order (the reference's order is
+that of its subject lists, which we do not have): to reproduce the published splits exactly, import the
+reference's split CSVs with :func:`load_split_lists`. Both paths guarantee that no subject is in two
+splits.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from sklearn.model_selection import train_test_split
 
 from xray3d.data.io import DataError
 
@@ -37,54 +37,89 @@ SUBJECT_PATTERNS = (
 
 
 def shuffle_split(items: Sequence[str], test_size: float, seed: int) -> tuple[list[str], list[str]]:
-    """One ``train_test_split(items, test_size=..., shuffle=True, random_state=seed)`` draw.
+    """One ``train_test_split(items, test_size=test_size, shuffle=True, random_state=seed)`` (scikit-learn).
 
     Args:
         items: subject ids, in the order the reference passes them.
-        test_size: fraction in (0, 1) of items that go to the second part.
-        seed: ``numpy.random.RandomState`` seed.
+        test_size: fraction in (0, 1) of items that go to the second part (``ceil(test_size * n)`` items).
+        seed: ``random_state`` of the draw.
 
     Returns:
-        ``(train, test)`` lists, each in permutation order (as scikit-learn returns them).
+        ``(train, test)`` lists, each in scikit-learn's (permutation) order.
+
+    Raises:
+        ValueError: ``test_size`` outside (0, 1), or a part that would be empty.
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
     n = len(items)
-    n_test = math.ceil(test_size * n)
-    if n < 2 or n_test >= n:
-        raise ValueError(f"cannot split {n} subjects with test_size={test_size}: need at least 2 per part")
-    perm = np.random.RandomState(seed).permutation(n)
-    return [items[i] for i in perm[n_test:]], [items[i] for i in perm[:n_test]]
+    if n < 2 or math.ceil(test_size * n) >= n:
+        raise ValueError(
+            f"cannot split {n} subjects with test_size={test_size}: both parts need at least one subject"
+        )
+    train, test = train_test_split(list(items), test_size=test_size, shuffle=True, random_state=seed)
+    return list(train), list(test)
+
+
+def _group_members(subjects: list[str], groups: Mapping[str, str] | None) -> dict[str, list[str]]:
+    """Representative (first subject of its group, in input order) -> all subjects of that group."""
+    members: dict[str, list[str]] = {}
+    rep_of_key: dict[str, str] = {}
+    for s in subjects:
+        key = groups.get(s) if groups is not None else None
+        if key is None:
+            members[s] = [s]
+            continue
+        rep = rep_of_key.setdefault(str(key), s)
+        members.setdefault(rep, []).append(s)
+    return members
 
 
 def reference_split(
-    subjects: Iterable[str], test_size: float = 0.15, val_size: float = 0.15, seed: int = 12345
+    subjects: Iterable[str],
+    test_size: float = 0.15,
+    val_size: float = 0.15,
+    seed: int = 12345,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Split subjects into train/val/test like the reference (test first, then val out of the rest).
 
     Args:
         subjects: unique subject ids (their order changes the draw; pass them sorted for a stable result).
-        test_size: fraction of all subjects in test.
-        val_size: fraction of the non-test subjects in val.
+        test_size: fraction of all subjects (of all groups, with ``groups``) in test.
+        val_size: fraction of the non-test subjects (groups) in val.
         seed: random state of both draws.
+        groups: subject id -> group key; subjects sharing a key (e.g. the same scan under two names) land
+            in the same split. Subjects not in the mapping are groups of their own. The draw is made over
+            the first subject of each group, so without groups, or with only single-subject groups, the
+            result is exactly the reference's.
 
     Returns:
-        Mapping subject id -> ``"train"`` / ``"val"`` / ``"test"``. With fewer than 3 subjects every
-        subject goes to train (nothing to evaluate on, but nothing leaks either).
+        Mapping subject id -> ``"train"`` / ``"val"`` / ``"test"``. With fewer than 3 subjects (groups)
+        every subject goes to train (nothing to evaluate on, but nothing leaks either).
+
+    Raises:
+        ValueError: duplicate subject ids.
     """
     subjects = list(subjects)
     if len(set(subjects)) != len(subjects):
-        raise ValueError("subject ids must be unique")
-    if len(subjects) < 3:
+        dupes = sorted({s for s in subjects if subjects.count(s) > 1})
+        raise ValueError(f"subject ids must be unique; repeated: {', '.join(map(str, dupes[:5]))}")
+    members = _group_members(subjects, groups)
+    reps = list(members)
+    if len(reps) < 3:
         return dict.fromkeys(subjects, "train")
-    rest, test = shuffle_split(subjects, test_size, seed)
+    rest, test = shuffle_split(reps, test_size, seed)
     if len(rest) < 2:
         train, val = rest, []
     else:
         train, val = shuffle_split(rest, val_size, seed)
-    out = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
-    check_disjoint({"train": train, "val": val, "test": test})
-    return out
+    parts = {
+        name: [s for rep in part for s in members[rep]]
+        for name, part in (("train", train), ("val", val), ("test", test))
+    }
+    check_disjoint(parts)
+    return {s: name for name, part in parts.items() for s in part}
 
 
 def check_disjoint(parts: dict[str, Iterable[str]]) -> None:
