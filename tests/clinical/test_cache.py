@@ -82,3 +82,12 @@ def test_read_only_folder_when_writing_fails(tmp_path, monkeypatch):
     cache = MeasurementCache(tmp_path, size_measure)
     assert cache(_mask(), np.eye(4))["n"] == 64 and not cache._writable
     assert cache(_mask(), np.eye(4))["n"] == 64
+
+
+def test_ground_truth_caches_key_on_the_clinical_convention(tmp_path):
+    from xray3d.clinical import hip, vertebra
+
+    for module in (hip, vertebra):
+        ours = MeasurementCache(tmp_path, partial(module.measure, convention="xray3d"))
+        ref = MeasurementCache(tmp_path, partial(module.measure, convention="reference"))
+        assert ours.dir != ref.dir

@@ -58,3 +58,48 @@ def test_empty_mask_unknown_anatomy_and_missing_label_exit_1(tmp_path, capsys):
     assert "label 3 does not occur" in json.loads(capsys.readouterr().err)["error"]
     assert main([str(tmp_path / "missing.nii.gz"), "--anatomy", "femur"]) == 1
     assert "missing.nii.gz" in json.loads(capsys.readouterr().err)["error"]
+
+
+@pytest.mark.skipif(
+    not (MASKS / "sub-verse004_vert-23-seg-vert_msk.nii.gz").is_file(), reason="needs ../shared/data"
+)
+def test_convention_option_selects_the_reference_definitions(capsys):
+    path = str(MASKS / "sub-verse004_vert-23-seg-vert_msk.nii.gz")
+    assert main([path, "--anatomy", "vertebra", "--convention", "reference"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["convention"] == "reference"
+    assert out["parameters"]["spinous_process_angle_deg"] == pytest.approx(138.60, abs=1.0)  # published
+    assert main([path, "--anatomy", "vertebra"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["convention"] == "xray3d" and out["parameters"]["spinous_process_angle_deg"] < 90.0
+
+
+def test_unknown_or_unsupported_convention_exits_1_naming_the_option(tmp_path, capsys):
+    path = tmp_path / "m.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.uint8), np.eye(4)), path)
+    assert main([str(path), "--anatomy", "vertebra", "--convention", "mine"]) == 1
+    err = json.loads(capsys.readouterr().err)["error"]
+    assert "--convention='mine'" in err and "valid values: xray3d, reference" in err
+    assert main([str(path), "--anatomy", "femur", "--convention", "reference"]) == 1
+    assert "has only the 'xray3d' convention" in json.loads(capsys.readouterr().err)["error"]
+
+
+def test_hydra_override_reaches_the_measurement_and_bad_values_fail_clearly():
+    """``data.clinical.convention=reference`` (the clinical group sits under ``data``) reaches the measure
+    callable, so ground-truth caches key on it; an unknown value stops the run with the option named."""
+    import hydra
+    from hydra import compose, initialize_config_dir
+
+    from xray3d import CONF_DIR
+    from xray3d.clinical.base import ConventionError
+    from xray3d.clinical.cache import measure_key
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        default = compose(config_name="train", overrides=["data=verse2019"])
+        ref = compose(config_name="train", overrides=["data=verse2019", "data.clinical.convention=reference"])
+        bad = compose(config_name="train", overrides=["data=verse2019", "data.clinical.convention=mine"])
+    m_default, m_ref = (hydra.utils.instantiate(c.data.clinical) for c in (default, ref))
+    assert m_default.keywords["convention"] == "xray3d" and m_ref.keywords["convention"] == "reference"
+    assert measure_key(m_default) != measure_key(m_ref)
+    with pytest.raises(ConventionError, match=r"data.clinical.convention='mine'.*xray3d, reference"):
+        hydra.utils.instantiate(bad.data.clinical)(np.ones((8, 8, 8), bool), np.eye(4))

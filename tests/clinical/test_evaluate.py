@@ -64,3 +64,14 @@ def test_clinical_errors_skip_missing_and_nonfinite():
     gt = {"a_mm": 1.0, "b_deg": 10.0, "p_xyz_mm": [0, 0, 0], "q_xyz_mm": [0, 0, 0], "only_gt_mm": 3.0}
     pred = {"a_mm": 4.0, "b_deg": float("nan"), "p_xyz_mm": [3, 4, 0], "q_xyz_mm": [1, 2]}
     assert clinical_errors(gt, pred) == {"a_err_mm": 3.0, "p_err_mm": 5.0}
+
+
+def test_unknown_convention_stops_the_evaluation_instead_of_failing_every_case():
+    """A configuration error is not a failed measurement: it propagates out of measure_pair."""
+    from functools import partial
+
+    from xray3d.clinical.base import ConventionError
+    from xray3d.clinical.vertebra import measure
+
+    with pytest.raises(ConventionError, match="valid values: xray3d, reference"):
+        measure_pair(partial(measure, convention="mine"), _cube(), _cube(1), AFFINE)

@@ -234,3 +234,61 @@ def test_measures_a_128_cube():
     mask, affine, expected = synthetic_vertebra(rotation=_rotation(10.0, -15.0, 5.0))
     mask = mask[6:134, 6:134, 6:134]
     _check(measure(mask, affine), expected)
+
+
+# The reference morphometry's README publishes its output for this exact file (L4 of VerSe subject 004):
+# naamiinepal/xrayto3D-morphometry@c2fe886, README.md, "python vertebra_landmarks.py
+# test_data/sub-verse004_vert-23-seg-vert_msk.nii.gz".
+PUBLISHED_L4 = {
+    "spinous_process_length_mm": 36.45,
+    "spinous_process_angle_deg": 138.60,
+    "anterior_body_height_mm": 26.23,
+    "posterior_body_height_mm": 23.38,
+    "superior_endplate_length_mm": 29.54,
+    "inferior_endplate_length_mm": 30.34,
+    "canal_length_mm": 13.28,
+}
+
+
+def test_reference_convention_reproduces_the_published_l4_row():
+    nib = pytest.importorskip("nibabel")
+    path = XRAYTO3D / "sub-verse004_vert-23-seg-vert_msk.nii.gz"
+    if not path.exists():
+        pytest.skip(f"shared real data not found: {path} (set XRAY3D_SHARED_DATA)")
+    img = nib.load(path)
+    mask = np.asanyarray(img.dataobj)
+    result = measure(mask, img.affine, convention="reference")
+    for key, value in PUBLISHED_L4.items():
+        assert result[key] == pytest.approx(value, abs=1.0), key
+    # the xray3d convention differs where the definitions differ: corner-to-corner endplates, signed spa
+    ours = measure(mask, img.affine)
+    assert ours["superior_endplate_length_mm"] > result["superior_endplate_length_mm"] + 2.0
+    flipped = 180.0 - result["spinous_process_angle_deg"]
+    assert ours["spinous_process_angle_deg"] == pytest.approx(flipped, abs=2.0)
+
+
+@pytest.mark.parametrize(("sp_length", "sp_angle"), [(30.0, 20.0), (40.0, 45.0)])
+def test_reference_convention_on_a_synthetic_vertebra(sp_length, sp_angle):
+    """Known answers under the reference definitions: lines trimmed to their own points are shorter than
+    corner to corner by the rounded rims, and spa is theta or 180 - theta (an unsigned axis)."""
+    mask, affine, expected = synthetic_vertebra(sp_length, sp_angle)
+    result = measure(mask, affine, convention="reference")
+    for key in ("spinous_process_length_mm", "canal_length_mm"):
+        assert result[key] == pytest.approx(expected[key], abs=LENGTH_TOL), key
+    for key in (
+        "anterior_body_height_mm",
+        "posterior_body_height_mm",
+        "superior_endplate_length_mm",
+        "inferior_endplate_length_mm",
+    ):
+        assert expected[key] - 5.0 <= result[key] <= expected[key] - 1.0, key
+    spa = result["spinous_process_angle_deg"]
+    assert min(abs(spa - sp_angle), abs(spa - (180.0 - sp_angle))) <= ANGLE_TOL
+
+
+def test_unknown_convention_is_a_clear_error():
+    from xray3d.clinical.base import ConventionError
+
+    mask, affine, _ = synthetic_vertebra()
+    with pytest.raises(ConventionError, match=r"clinical.convention='mine'.*valid values: xray3d, reference"):
+        measure(mask, affine, convention="mine")

@@ -116,18 +116,28 @@ def test_concentric_spheres(spacing):
     assert binary_metrics(gt, gt, spacing, convention="reference")["hd95_vox"] == 0.0
 
 
-def test_empty_prediction_is_inf_not_a_crash():
+def test_empty_prediction_gives_nan_hd95_and_inf_asd_not_a_crash():
+    # MONAI 1.1: all-inf distances in both directions; their mean (ASD) is inf, their 95th percentile NaN
     gt = cube()
     r = reference_metrics(np.zeros_like(gt), gt, 1.5)
     assert r["empty_pred"] and not r["empty_gt"]
     assert r["dice"] == 0.0 and r["nsd"] == 0.0
-    assert math.isinf(r["hd95_vox"]) and math.isinf(r["asd_vox"])
+    assert math.isnan(r["hd95_vox"]) and math.isinf(r["asd_vox"]) and r["asd_vox"] > 0
 
 
-def test_empty_ground_truth_follows_monai_ignore_empty():
+def test_empty_ground_truth_matches_the_reference_logged_row():
+    """The reference's RSNA domain-shift ``metric-log.csv`` rows (``DSC,ASD,HD95,NSD``) of empty ground
+    truths read ``nan,inf,nan,nan``."""
     z = np.zeros((20, 20, 20), bool)
     r = reference_metrics(cube(shape=(20, 20, 20), lo=(4, 4, 4), size=(5, 5, 5)), z, 1.0)
-    assert r["empty_gt"] and math.isnan(r["dice"]) and math.isnan(r["nsd"]) and math.isinf(r["hd95_vox"])
+    assert r["empty_gt"] and not r["empty_pred"]
+    logged = [r["dice"], r["asd_vox"], r["hd95_vox"], r["nsd"]]
+    assert [("inf" if math.isinf(v) else "nan" if math.isnan(v) else v) for v in logged] == [
+        "nan",
+        "inf",
+        "nan",
+        "nan",
+    ]
     both = reference_metrics(z, z, 1.0)
     assert all(math.isnan(both[k]) for k in REFERENCE_METRIC_KEYS)
 

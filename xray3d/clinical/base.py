@@ -10,6 +10,13 @@ with a reason a user can act on. Result keys carry their unit:
 
 :func:`clinical_errors` turns a ground-truth and a predicted measurement into per-parameter errors as in
 the reference benchmark (absolute differences; Euclidean distance for points).
+
+Conventions (:data:`CONVENTIONS`), as the image metrics have them: ``xray3d`` (the default) uses this
+project's definitions; ``reference`` reproduces the reference morphometry's definitions where they differ
+(vertebra line trimming and spa, the hip's single-pass frame and split height; see docs/evaluation.md).
+An anatomy module takes ``convention=`` and checks it with :func:`check_convention`. It is set by
+``convention:`` in ``conf/clinical/<anatomy>.yaml`` (Hydra: ``data.clinical.convention=reference``, the
+clinical group sits under ``data``) or ``xray3d-measure --convention``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = [
+    "CONVENTIONS",
     "ClinicalError",
+    "ConventionError",
+    "check_convention",
     "POINT_SUFFIX",
     "UNITS",
     "clinical_errors",
@@ -34,8 +44,33 @@ POINT_SUFFIX = "_xyz_mm"
 UNITS = ("mm", "deg", "mm2", "mm3")
 
 
+#: clinical conventions: this project's definitions (default) and the reference morphometry's
+CONVENTIONS = ("xray3d", "reference")
+
+
 class ClinicalError(ValueError):
     """A clinical parameter cannot be measured on this mask; the message says why."""
+
+
+class ConventionError(ValueError):
+    """An unknown clinical convention was asked for (a configuration error, not a failed measurement)."""
+
+
+def check_convention(
+    convention: str, option: str = "data.clinical.convention", valid: tuple[str, ...] = CONVENTIONS
+) -> str:
+    """Return ``convention`` if it is one of ``valid``; raise :class:`ConventionError` naming ``option``.
+
+    Args:
+        convention: the requested convention.
+        option: the configuration option or command-line flag that set it (used in the message).
+        valid: the conventions this anatomy supports.
+    """
+    if convention not in valid:
+        raise ConventionError(
+            f"{option}={convention!r} is not a known clinical convention; valid values: {', '.join(valid)}"
+        )
+    return convention
 
 
 def validate_mask(

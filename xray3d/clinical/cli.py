@@ -3,13 +3,16 @@
 Usage::
 
     xray3d-measure MASK.nii.gz --anatomy femur [--spacing-mm 1.0] [--label 3] [--out params.json]
+    xray3d-measure MASK.nii.gz --anatomy vertebra --convention reference
 
 The anatomy names the measurement config ``conf/clinical/<anatomy>.yaml`` (femur, hip, vertebra, rib).
 Points are in the file's world coordinates (mm, from its affine), lengths in mm, angles in degrees.
 ``--spacing-mm`` replaces the header's voxel size (keeping its directions), for files whose headers are
-wrong. ``--label`` measures one label of a label map (default: every non-zero voxel).
+wrong. ``--label`` measures one label of a label map (default: every non-zero voxel). ``--convention``
+(``xray3d`` or ``reference``, default: the config's) selects the clinical definitions for the anatomies whose
+config has a ``convention`` option (hip, vertebra); see docs/evaluation.md, "Clinical conventions".
 
-Exit code 0 with ``{"file", "anatomy", "spacing_mm", "parameters"}`` on stdout; exit code 1 with
+Exit code 0 with ``{"file", "anatomy", "convention", "spacing_mm", "parameters"}`` on stdout; exit code 1 with
 ``{"file", "anatomy", "error"}`` when the file cannot be read or the parameters cannot be measured.
 """
 
@@ -26,10 +29,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from xray3d import CONF_DIR
-from xray3d.clinical.base import ClinicalError
+from xray3d.clinical.base import CONVENTIONS, ClinicalError, ConventionError, check_convention
 from xray3d.data.io import DataError, load_nifti, write_text_atomic
 
-__all__ = ["anatomies", "load_measure", "measure_file", "main"]
+__all__ = ["anatomies", "convention_of", "load_measure", "measure_file", "main"]
 
 
 def anatomies() -> list[str]:
@@ -37,23 +40,62 @@ def anatomies() -> list[str]:
     return sorted(p.stem for p in (Path(CONF_DIR) / "clinical").glob("*.yaml"))
 
 
-def load_measure(anatomy: str):
-    """The ``measure(mask, affine)`` callable of ``conf/clinical/<anatomy>.yaml``."""
+def _config(anatomy: str):
     path = Path(CONF_DIR) / "clinical" / f"{anatomy}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown anatomy {anatomy!r}; choose one of {anatomies()}")
-    return hydra.utils.instantiate(OmegaConf.load(path))
+    return OmegaConf.load(path)
+
+
+def convention_of(anatomy: str, convention: str | None = None) -> str:
+    """The clinical convention a measurement of ``anatomy`` uses: ``convention`` or the config's default.
+
+    Raises:
+        ConventionError: ``convention`` is unknown, or the anatomy has only the xray3d definitions.
+    """
+    cfg = _config(anatomy)
+    default = str(cfg.get("convention", "xray3d"))
+    if convention is None:
+        return default
+    check_convention(convention, "--convention")
+    if "convention" not in cfg and convention != default:
+        raise ConventionError(
+            f"--convention={convention!r}: anatomy {anatomy!r} has only the {default!r} convention "
+            f"(conf/clinical/{anatomy}.yaml has no convention option)"
+        )
+    return convention
+
+
+def load_measure(anatomy: str, convention: str | None = None):
+    """The ``measure(mask, affine)`` callable of ``conf/clinical/<anatomy>.yaml``.
+
+    Args:
+        anatomy: a config name of :func:`anatomies`.
+        convention: ``"xray3d"`` or ``"reference"`` (see :data:`~xray3d.clinical.base.CONVENTIONS`); None
+            keeps the config's.
+    """
+    cfg = _config(anatomy)
+    chosen = convention_of(anatomy, convention)
+    if "convention" in cfg:
+        cfg.convention = chosen
+    return hydra.utils.instantiate(cfg)
 
 
 def measure_file(
-    path: str | Path, anatomy: str, spacing_mm: Sequence[float] | None = None, label: int | None = None
+    path: str | Path,
+    anatomy: str,
+    spacing_mm: Sequence[float] | None = None,
+    label: int | None = None,
+    convention: str | None = None,
 ) -> dict:
     """Read a NIfTI mask and measure the anatomy's clinical parameters.
 
     Raises:
         DataError: unreadable file or a label that is absent.
         ClinicalError: the mask cannot be measured (the message says why).
+        ConventionError: an unknown convention, or one the anatomy does not have.
     """
+    measure = load_measure(anatomy, convention)
     img = load_nifti(path, "mask")
     data = np.asanyarray(img.dataobj)
     affine = np.asarray(img.affine, dtype=float).copy()
@@ -68,10 +110,11 @@ def measure_file(
         mask = data == label
     else:
         mask = data > 0.5 if data.dtype.kind == "f" else data != 0
-    params = load_measure(anatomy)(mask, affine)
+    params = measure(mask, affine)
     return {
         "file": str(path),
         "anatomy": anatomy,
+        "convention": convention_of(anatomy, convention),
         "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
         "parameters": params,
     }
@@ -94,12 +137,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--anatomy", required=True, help=f"one of {anatomies()}")
     p.add_argument("--spacing-mm", nargs="+", type=float, default=None, help="voxel size (1 or 3 values)")
     p.add_argument("--label", type=int, default=None, help="measure only this label of a label map")
+    p.add_argument(
+        "--convention",
+        default=None,
+        help=f"clinical definitions, one of {list(CONVENTIONS)} (default: the config's, xray3d)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
     if args.spacing_mm is not None and len(args.spacing_mm) not in (1, 3):
         p.error(f"--spacing-mm takes 1 or 3 values, got {args.spacing_mm}")
     try:
-        result = measure_file(args.mask, args.anatomy, args.spacing_mm, args.label)
+        result = measure_file(args.mask, args.anatomy, args.spacing_mm, args.label, args.convention)
         code = 0
     except (DataError, ClinicalError, ValueError) as exc:
         result = {"file": str(args.mask), "anatomy": args.anatomy, "error": str(exc)}

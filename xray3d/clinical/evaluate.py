@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from xray3d.clinical.base import ClinicalError, clinical_errors
+from xray3d.clinical.base import ClinicalError, ConventionError, clinical_errors
 
 __all__ = ["CLINICAL_STATUS", "ClinicalMeasure", "measure_pair", "scalar_columns"]
 
@@ -52,7 +52,7 @@ def scalar_columns(measurement: dict[str, Any], prefix: str) -> dict[str, float]
 def _measure(measure: Measure, mask: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
     try:
         return measure(mask, affine)
-    except ClinicalError:
+    except (ClinicalError, ConventionError):  # a configuration error stops the evaluation
         raise
     except Exception as exc:  # an algorithm bug on an odd shape must not stop an evaluation
         log.exception("clinical measurement crashed")

@@ -61,6 +61,28 @@ per length at 1 mm voxels), so here the lines are intersected instead (the usual
 vertebral morphometry), which is unbiased on a sharp-cornered body and reads about 1 mm longer than the
 reference on real bodies with rounded rims.
 
+``convention="reference"`` reproduces the reference's definitions where they differ (steps 1-5 stay the
+same; the published L4 row of the reference README is reproduced within 1 mm / 1 deg, see the tests):
+
+* the section is rasterised on the reference's 1 mm grid (``reference_grid_mm``), and the body outline
+  points are smoothed by averaging their ``reference_knn`` (10) nearest outline points, as the reference
+  does with its mesh-cut points;
+* boundary points whose normal has ``|n . c| < 0.5`` with the canal direction ``c`` (from the body point to
+  the arch point of vcl) are endplate points, the others wall points; the body's first principal axis
+  (through its centroid) splits the endplates into superior / inferior, the second the walls into anterior /
+  posterior;
+* each set gets a total-least-squares line **trimmed to its own points** (the extent of their projections):
+  svbl, ivbl, avbh, pvbh are those extents, which leave out the rounded rims (3-4 mm shorter than corner to
+  corner on a sharp-cornered body);
+* spl is the extent of the posterior boundary points along their first principal axis;
+* spa = 180 - angle(SP axis, superior endplate line pointing anteriorly) with the SP axis **unsigned**: its
+  sign is the one ``np.linalg.svd`` of the points' covariance returns in the reference's mesh frame (x right,
+  y inferior, z posterior), reversed as the reference reverses it. So spa comes out as theta or 180 - theta
+  (138.6 deg for the L4 above, where the xray3d convention gives 40.6 deg).
+
+The reference's own symmetry plane comes from an ICP alignment seeded by 100 unseeded random points, so
+its values themselves move by a few tenths of a mm / degree between runs.
+
 Plausible adult ranges used by the tests (T9-L5; Panjabi et al. 1991, Spine 16:888-901, thoracic; Panjabi
 et al. 1992, Spine 17:299-306, lumbar; Zhou et al. 2000, Eur Spine J 9:242-248, lower lumbar): body
 heights about 18-32 mm, endplate depths about 25-45 mm, sagittal canal depth about 12-22 mm.
@@ -75,7 +97,7 @@ from scipy import ndimage, optimize
 from scipy.spatial import cKDTree
 from skimage.measure import find_contours
 
-from xray3d.clinical.base import ClinicalError, index_points_mm, validate_mask
+from xray3d.clinical.base import ClinicalError, check_convention, index_points_mm, validate_mask
 from xray3d.clinical.geometry import (
     crop_to_foreground,
     fill_holes,
@@ -165,6 +187,73 @@ def _intersect(
     return p + s * d
 
 
+#: world RAS+ -> the reference's mesh frame for its PIR masks (x right, y inferior, z posterior); symmetric
+_TO_REFERENCE_FRAME = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]])
+
+
+def _side(points: np.ndarray, centre: np.ndarray, axis: np.ndarray, towards: np.ndarray) -> np.ndarray:
+    """Whether each point lies on the ``towards`` side of the line ``centre + t * axis`` (2D)."""
+    normal = np.array([-axis[1], axis[0]])
+    normal = normal if normal @ towards > 0 else -normal
+    return (points - centre) @ normal > 0
+
+
+def _reference_lines(
+    body_pts: np.ndarray,
+    normals: np.ndarray,
+    canal_dir: np.ndarray,
+    knn: int,
+    min_points: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Body lines as the reference classifies and trims them.
+
+    Returns ``{name: (centre of the trimmed segment, direction, length)}`` in section coordinates, the
+    direction pointing anteriorly (endplates) or superiorly (walls).
+
+    Boundary points are smoothed (mean of their ``knn`` nearest boundary points); normals with
+    ``|n . canal| < 0.5`` are endplate points, the others wall points. The body's first principal axis
+    (through its centroid) splits the endplates into superior / inferior, the second the walls into
+    anterior / posterior. Each set gets a total-least-squares line trimmed to its own points.
+    """
+    k = max(1, min(knn, len(body_pts)))
+    _, nn = cKDTree(body_pts).query(body_pts, k=k)
+    smooth = body_pts[np.reshape(nn, (len(body_pts), k))].mean(axis=1)
+    centre, axis1 = fit_line(smooth)
+    axis2 = np.array([-axis1[1], axis1[0]])
+    dots = np.abs(normals @ canal_dir)
+    endplate, wall = dots < 0.5, dots > 0.5
+    superior = _side(smooth, centre, axis1, np.array([0.0, 1.0]))
+    anterior = _side(smooth, centre, axis2, np.array([1.0, 0.0]))
+    sets = {
+        "superior endplate": (endplate & superior, np.array([1.0, 0.0])),
+        "inferior endplate": (endplate & ~superior, np.array([1.0, 0.0])),
+        "anterior wall": (wall & anterior, np.array([0.0, 1.0])),
+        "posterior wall": (wall & ~anterior, np.array([0.0, 1.0])),
+    }
+    lines = {}
+    for name, (sel, orient) in sets.items():
+        if sel.sum() < min_points:
+            raise ClinicalError(f"vertebral body has no recognisable {name} in the mid-sagittal section")
+        centre, direction = fit_line(smooth[sel])
+        direction = direction if direction @ orient >= 0 else -direction
+        proj = (smooth[sel] - centre) @ direction
+        mid = centre + 0.5 * (proj.max() + proj.min()) * direction
+        lines[name] = (mid, direction, float(proj.max() - proj.min()))
+    return lines
+
+
+def _reference_sp_axis(points_mm: np.ndarray) -> np.ndarray:
+    """The spinous-process axis with the sign the reference gets (world direction).
+
+    The reference takes ``vedo.pca_ellipsoid(points).axis1``, the first right-singular vector of
+    ``np.linalg.svd`` of the points' covariance in its mesh frame, and uses the reverse of it. That sign is
+    whatever LAPACK returns; it is reproduced by the same call in the same frame.
+    """
+    ref = points_mm @ _TO_REFERENCE_FRAME.T
+    _, _, vh = np.linalg.svd(np.cov(ref, rowvar=False))
+    return -(_TO_REFERENCE_FRAME @ vh[0])
+
+
 def measure(
     mask: np.ndarray,
     affine: np.ndarray,
@@ -178,6 +267,9 @@ def measure(
     max_tilt_deg: float = 30.0,
     min_part_area_mm2: float = 5.0,
     min_body_fraction: float = 0.25,
+    convention: str = "xray3d",
+    reference_knn: int = 10,
+    reference_grid_mm: float = 1.0,
 ) -> dict[str, Any]:
     """Measure the spec 6.3 vertebra parameters on one vertebra mask (see the module docstring).
 
@@ -194,6 +286,13 @@ def measure(
         min_part_area_mm2: section parts smaller than this are ignored.
         min_body_fraction: the body is the most anterior section part with at least this fraction of the
             largest part's area.
+        convention: ``"xray3d"`` (the definitions above) or ``"reference"`` (the reference morphometry's:
+            lines classified by the canal direction and trimmed to their own points, spa against an
+            unsigned axis; see the module docstring).
+        reference_knn: the reference convention smooths the body outline over this many nearest points.
+        reference_grid_mm: the reference convention rasterises the section on this grid (the reference
+            meshes a 1 mm resampled volume, so its outline points and normals have that resolution);
+            it replaces ``pixel_mm``.
 
     Returns:
         Lengths ``*_mm``, the angle ``spinous_process_angle_deg`` and points ``*_xyz_mm`` (world mm).
@@ -201,6 +300,9 @@ def measure(
     Raises:
         ClinicalError: empty/NaN/fragmented mask, no posterior elements, closed canal, missing endplates.
     """
+    check_convention(convention)
+    if convention == "reference":
+        pixel_mm = reference_grid_mm
     binary = validate_mask(mask, affine, min_voxels=50, what="vertebra mask")
     affine = np.asarray(affine, dtype=float)
     largest = largest_component(binary)
@@ -298,48 +400,67 @@ def measure(
     norm = np.linalg.norm(normals, axis=1)
     ok = norm > 1e-9
     body_pts, normals = body_pts[ok], normals[ok] / norm[ok, None]
-    theta = np.arctan2(normals[:, 1], normals[:, 0])
-    phi = np.angle(np.exp(4j * theta).sum()) / 4.0  # one of the four edge-normal directions, in (-45, 45]
-    b_a = np.array([np.cos(phi), np.sin(phi)])
-    b_s = np.array([-b_a[1], b_a[0]])
-    cos_t = np.cos(np.deg2rad(wall_angle_deg))
-    sets = {
-        "superior endplate": normals @ b_s > cos_t,
-        "inferior endplate": normals @ b_s < -cos_t,
-        "anterior wall": normals @ b_a > cos_t,
-        "posterior wall": normals @ b_a < -cos_t,
-    }
-    lines = {}
-    for name, sel in sets.items():
-        if sel.sum() < max(4, int(3.0 / pixel_mm)):
-            raise ClinicalError(f"vertebral body has no recognisable {name} in the mid-sagittal section")
-        lines[name] = fit_line(body_pts[sel])
-    corners = {
-        (ep, wall): _intersect(*lines[f"{ep} endplate"], *lines[f"{wall} wall"])
-        for ep in ("superior", "inferior")
-        for wall in ("anterior", "posterior")
-    }
-    lengths = {
-        "superior endplate": np.linalg.norm(
-            corners["superior", "anterior"] - corners["superior", "posterior"]
-        ),
-        "inferior endplate": np.linalg.norm(
-            corners["inferior", "anterior"] - corners["inferior", "posterior"]
-        ),
-        "anterior wall": np.linalg.norm(corners["superior", "anterior"] - corners["inferior", "anterior"]),
-        "posterior wall": np.linalg.norm(corners["superior", "posterior"] - corners["inferior", "posterior"]),
-    }
+    min_points = max(4, int(3.0 / pixel_mm))
+    if convention == "reference":
+        canal_dir = unit(canal_post - canal_ant)
+        ref_lines = _reference_lines(body_pts, normals, canal_dir, reference_knn, min_points)
+        lengths = {name: length for name, (_, _, length) in ref_lines.items()}
+        ep_centre = {ep: ref_lines[f"{ep} endplate"][0] for ep in ("superior", "inferior")}
+        ep_dir = ref_lines["superior endplate"][1]
+        # spl: first principal axis of the posterior boundary points, trimmed to them
+        _, sp_dir = fit_line(post_pts)
+        if sp_dir @ (post_pts.mean(0) - body_centre) < 0:
+            sp_dir = -sp_dir
+        # spa: 180 - angle(unsigned SP axis with the reference's sign, superior endplate line anteriorly)
+        sp_world = _reference_sp_axis(np.array([to_world(p) for p in post_pts]))
+        ep_world = ep_dir[0] * e_a + ep_dir[1] * e_s
+        spa = 180.0 - float(np.degrees(np.arccos(np.clip(sp_world @ unit(ep_world), -1.0, 1.0))))
+    else:
+        theta = np.arctan2(normals[:, 1], normals[:, 0])
+        phi = np.angle(np.exp(4j * theta).sum()) / 4.0  # one of the four edge-normal directions, in (-45, 45]
+        b_a = np.array([np.cos(phi), np.sin(phi)])
+        b_s = np.array([-b_a[1], b_a[0]])
+        cos_t = np.cos(np.deg2rad(wall_angle_deg))
+        sets = {
+            "superior endplate": normals @ b_s > cos_t,
+            "inferior endplate": normals @ b_s < -cos_t,
+            "anterior wall": normals @ b_a > cos_t,
+            "posterior wall": normals @ b_a < -cos_t,
+        }
+        lines = {}
+        for name, sel in sets.items():
+            if sel.sum() < min_points:
+                raise ClinicalError(f"vertebral body has no recognisable {name} in the mid-sagittal section")
+            lines[name] = fit_line(body_pts[sel])
+        corners = {
+            (ep, wall): _intersect(*lines[f"{ep} endplate"], *lines[f"{wall} wall"])
+            for ep in ("superior", "inferior")
+            for wall in ("anterior", "posterior")
+        }
+        lengths = {
+            f"{ep} endplate": float(np.linalg.norm(corners[ep, "anterior"] - corners[ep, "posterior"]))
+            for ep in ("superior", "inferior")
+        }
+        lengths.update(
+            {
+                f"{wall} wall": float(np.linalg.norm(corners["superior", wall] - corners["inferior", wall]))
+                for wall in ("anterior", "posterior")
+            }
+        )
+        ep_centre = {
+            ep: 0.5 * (corners[ep, "anterior"] + corners[ep, "posterior"]) for ep in ("superior", "inferior")
+        }
 
-    # 7. posterior-element axis, spl, spa
-    _, sp_dir = fit_line(post_pix)
-    if sp_dir @ (post_pix.mean(0) - body_centre) < 0:
-        sp_dir = -sp_dir
+        # 7. posterior-element axis, spl, spa
+        _, sp_dir = fit_line(post_pix)
+        if sp_dir @ (post_pix.mean(0) - body_centre) < 0:
+            sp_dir = -sp_dir
+        ep_dir = unit(corners["superior", "anterior"] - corners["superior", "posterior"])
+        ep_up = np.array([-ep_dir[1], ep_dir[0]])
+        spa = float(np.degrees(np.arctan2(-(sp_dir @ ep_up), -(sp_dir @ ep_dir))))
     proj = post_pts @ sp_dir
     spl = float(proj.max() - proj.min())
     tip = post_pts[int(np.argmax(proj))]
-    ep_dir = unit(corners["superior", "anterior"] - corners["superior", "posterior"])
-    ep_up = np.array([-ep_dir[1], ep_dir[0]])
-    spa = float(np.degrees(np.arctan2(-(sp_dir @ ep_up), -(sp_dir @ ep_dir))))
 
     out: dict[str, Any] = {
         "spinous_process_length_mm": spl,
@@ -353,12 +474,8 @@ def measure(
         "spinous_tip_xyz_mm": to_world(tip),
         "canal_anterior_xyz_mm": to_world(canal_ant),
         "canal_posterior_xyz_mm": to_world(canal_post),
-        "superior_endplate_centre_xyz_mm": to_world(
-            0.5 * (corners["superior", "anterior"] + corners["superior", "posterior"])
-        ),
-        "inferior_endplate_centre_xyz_mm": to_world(
-            0.5 * (corners["inferior", "anterior"] + corners["inferior", "posterior"])
-        ),
+        "superior_endplate_centre_xyz_mm": to_world(ep_centre["superior"]),
+        "inferior_endplate_centre_xyz_mm": to_world(ep_centre["inferior"]),
     }
     for key, value in out.items():
         if not np.all(np.isfinite(value)):

@@ -23,13 +23,16 @@ warns). Their values follow the reference run (MONAI 1.1 + surface-distance unde
 case           dice    hd95_vox     asd_vox      nsd
 =============  ======  ===========  ===========  =====
 both empty     NaN     NaN          NaN          NaN
-empty pred     0.0     inf          inf          0.0
-empty gt       NaN     inf          inf          NaN
+empty pred     0.0     NaN          inf          0.0
+empty gt       NaN     NaN          inf          NaN
 =============  ======  ===========  ===========  =====
 
-(MONAI 1.6 itself returns NaN rather than inf for HD95 with one empty mask, because the 95th percentile of
-an all-inf array interpolates to NaN; the reference reports inf, and its aggregation drops both ±inf and NaN,
-so the aggregate is the same either way.) The reference rounds per-case values to 2 decimals before
+Why: with exactly one empty mask, MONAI 1.1's ``get_surface_distance`` returns an all-inf array of
+distances in both directions. The ASD is their mean (inf), the HD95 their 95th percentile, and
+``np.percentile`` of an all-inf array interpolates ``inf - inf`` to NaN, so the symmetric HD95 is NaN.
+The reference's stored per-case logs show this (``DSC,ASD,HD95,NSD`` = ``nan,inf,nan,nan`` for the empty
+ground truths of its RSNA domain-shift runs). Its aggregation drops both ±inf and NaN, so the aggregate is
+the same either way; the per-case rows differ. The reference rounds per-case values to 2 decimals before
 averaging; that is done at aggregation (:func:`xray3d.metrics.report.round_like_reference`), not here.
 """
 
@@ -79,11 +82,11 @@ def reference_metrics(
     empty_pred, empty_gt = not pred.any(), not gt.any()
     out: dict[str, float | bool] = {"empty_pred": empty_pred, "empty_gt": empty_gt}
     if empty_gt:
-        dist = math.nan if empty_pred else math.inf
-        out.update(dice=math.nan, hd95_vox=dist, asd_vox=dist, nsd=math.nan)
+        asd = math.nan if empty_pred else math.inf
+        out.update(dice=math.nan, hd95_vox=math.nan, asd_vox=asd, nsd=math.nan)
         return out
     if empty_pred:
-        out.update(dice=0.0, hd95_vox=math.inf, asd_vox=math.inf, nsd=0.0)
+        out.update(dice=0.0, hd95_vox=math.nan, asd_vox=math.inf, nsd=0.0)
         return out
     p, g = _as_bcx(pred), _as_bcx(gt)
     with warnings.catch_warnings():  # MONAI 1.6 deprecation noise from get_mask_edges
