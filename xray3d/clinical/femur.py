@@ -7,36 +7,48 @@ the neck axis. Here every step is derived from the mask alone, in world millimet
 
 1. **Cleaning.** Small 26-connected fragments are dropped (counted in ``fragments_removed``); a second
    large fragment is an error; enclosed cavities are filled. The mask is cropped to its bounding box.
-2. **Distal end.** The maximum of the Euclidean distance transform (EDT, on a 2x subsampled grid) lies
-   in the thick proximal part (head or trochanter); the voxel farthest from it is on the distal shaft end.
-3. **Diaphysis axis** (replaces the manual subtrochanteric plane and CMA-ES). First the tube direction:
-   the eigenvector with the smallest eigenvalue of sum(n n^T) over the surface normals (gradient of the
-   smoothed mask) of the distal 35 mm, ignoring normals within 50 deg of the axis (the flat ROI cut),
-   iterated. Then 1 mm slices perpendicular to it from the distal end: partial slices of an oblique end
-   cut are skipped, the run stops where the area exceeds 1.25x the distal reference area (metaphyseal
-   flare / lesser trochanter) and its proximal 15 % is dropped; a weighted line through the slice
-   centroids is the axis (3 iterations). Fewer than ``min_shaft_mm`` of tube is an error.
-4. **Femoral head.** Seed = the inscribed ball (EDT >= 0.6 max) that reaches farthest from the diaphysis
-   axis (the reference's "farthest vertex" idea, made robust). A robust geometric sphere fit (Tukey IRLS)
-   on voxel-face surface points in a shrinking band around the current sphere, excluding a cone around
-   the neck direction (head-neck junction), gives ``head_centre_xyz_mm`` and ``head_radius_mm``.
-5. **Neck axis.** Slices perpendicular to the head-centre-to-neck direction, restricted to a cylinder of
+2. **Cut faces.** A face of the bone's bounding box is a cut when it lies on the array border or is a flat
+   patch (a rounded end is not); the voxels of its two outer layers are marked, and any cross section
+   that holds one is incomplete. This is what lets an ROI cut the shaft obliquely.
+3. **Head end.** Whichever end it is at (a whole femur, head to condyles, or a proximal ROI, in any
+   orientation): the local maxima of the Euclidean distance transform (EDT, on a grid of <= 2 mm) are
+   the thick parts; a sphere is fitted to the surface around each and the head is the one whose surface
+   covers most of its sphere (the condyles, trochanters and a cut shaft end cover far less).
+4. **Diaphysis axis** (replaces the manual subtrochanteric plane and CMA-ES). Start directions: the tube
+   axis of the surface normals 40-160 mm beyond the head sphere, away from the cut faces (smallest
+   eigenvector of sum(n n^T)), else head centre to the centroid of that bone. Iterated: 1 mm (one voxel)
+   sections perpendicular to the axis, from the head sphere on; a section counts when it is complete
+   and its centroid lies >= half a head radius from the line through the head centre (so never the
+   neck); areas by linear binning and a 5 mm mean over counted sections (1 mm bins on a voxel grid
+   flicker by up to 25 % along a diagonal). The shaft's reference area is the smallest median of
+   ``min_shaft_mm`` of sections within 1.25x of each other (the diaphysis is the narrowest part below
+   the neck); the shaft is the most proximal run of sections within 1.25x of it. Its proximal 15 %
+   (flare) is left out and at most ``max_shaft_mm`` used (a whole femur gives its proximal diaphysis, as
+   the ROI does). Axis = a robust (Tukey) weighted line through the section centroids, first of the whole
+   sections, then of their thick cores (depth >= 0.7 shaft radius), which a lesser trochanter does not
+   shift. A run shorter than ``min_shaft_mm`` is an error that gives its length.
+5. **Femoral head.** A robust geometric sphere fit (Tukey IRLS) on voxel-face surface points in a
+   shrinking band around the current sphere, excluding a cone around the neck direction (head-neck
+   junction), gives ``head_centre_xyz_mm`` and ``head_radius_mm``.
+6. **Neck axis.** Slices perpendicular to the head-centre-to-neck direction, restricted to a cylinder of
    radius 1.1x the head radius (so the trochanters do not count); the narrowest slices (area within 5 %
    of the minimum) give the neck centre; the axis is the line from the head centre through it (the
    radiographic definition), iterated 4 times; the search stops at the diaphysis axis. The reference
    uses the normal of a CMA-ES minimum-area plane instead, which is noisier on voxel masks.
-6. **Parameters.** NSA = angle between the neck axis (towards the head) and the distal diaphysis
+7. **Parameters.** NSA = angle between the neck axis (towards the head) and the distal diaphysis
    direction, folded to >= 90 deg as in the reference; femoral offset = distance from the head centre to
    the diaphysis axis; axis angles to the world x/y/z axes are folded to 0-90 deg (axes are undirected).
    Sanity checks: plausible head radius, >= 75 % of the head surface within 2 mm of the sphere (holes),
-   head inside the field of view, a neck constriction, an offset >= 0.75x the head radius (else the
-   "diaphysis" found was the neck: no shaft in the mask), and the two shaft directions of step 3 (surface
-   normals, slice centroids) within 10 deg of each other (reported as ``diaphysis_axis_disagreement_deg``):
-   when too little shaft is left they part, and the angle would silently be wrong (on the real s0015
-   femur cut 30 mm shorter the centroid axis alone gave an NSA of 94 deg; now a failure with its reason).
-   The NSA rests on the shaft in the field of view: on the real femur, whose 128 mm ROI keeps about
-   20 mm of straight shaft, moving the distal cut by 3-6 mm changes it by up to 7-9 deg, so read
-   ``diaphysis_length_mm`` with it (the reference's hand-cut subtrochanteric plane has the same limit).
+   head inside the field of view, a neck constriction, an offset >= 0.75x the head radius, and the shaft
+   direction from the surface normals of the sections used (away from cut faces) within 10 deg of the
+   centroid axis (reported as ``diaphysis_axis_disagreement_deg``).
+   Known-answer phantoms (``xray3d.testing.femur_phantoms``, tests/clinical/test_femur.py): femurs tilted
+   0-45 deg in a 128 mm ROI that cuts the shaft obliquely, isotropic and anisotropic, are measured within
+   2 deg NSA, 0.5 mm radius and 1 mm head centre, or fail with the (true) shaft length when the ROI
+   leaves too little; whole femurs give their proximal ROI's result. The NSA rests on the shaft in the
+   field of view: the real s0015 femur's 128 mm ROI ends just below the lesser trochanter (a 24 mm run,
+   still tapering), so read ``diaphysis_length_mm`` with it (the reference's hand-cut subtrochanteric
+   plane has the same limit).
 
 Anatomical ranges used by the tests (adults, stated conservatively): neck-shaft angle 115-145 deg
 (population means about 120-135 deg: Gilligan, Chandraphak & Mahakkanukrauh 2013, J Anat 223:133-151;
@@ -125,78 +137,398 @@ def _surface_normals(mask: np.ndarray, idx: np.ndarray, affine: np.ndarray, sigm
         return np.where(norm[:, None] > 1e-9, normals / norm[:, None], np.nan)
 
 
-def _shaft_direction(
+def _cut_faces(
+    crop: np.ndarray, offset: np.ndarray, full_shape: tuple[int, ...], spacing: np.ndarray
+) -> list[tuple[int, int, int]]:
+    """Faces of the bone's bounding box where the bone is cut (by the ROI border or a flat cut).
+
+    A face is a cut when it lies on the border of the original array (within one voxel), or when its
+    outermost layer of voxels is a flat patch: at least 25 mm^2 and at least half the area of the layer
+    two voxels in (a rounded end such as the head or a condyle gives about a fifth).
+
+    Args:
+        crop: cleaned, cropped mask.
+        offset: index in the original array of the crop's voxel (0, 0, 0).
+        full_shape: shape of the original array.
+        spacing: voxel size (mm) along each array axis.
+
+    Returns:
+        (array axis, index of the outermost layer in the crop, +1 for the low face / -1 for the high one).
+    """
+    faces = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        profile = crop.sum(axis=others)
+        layers = np.nonzero(profile)[0]
+        face_mm2 = float(np.prod(spacing[list(others)]))
+        for step, layer in ((1, int(layers[0])), (-1, int(layers[-1]))):
+            inner = int(np.clip(layer + 2 * step, layers[0], layers[-1]))
+            full_index = layer + int(offset[axis])
+            at_border = full_index <= 1 or full_index >= full_shape[axis] - 2
+            flat = profile[layer] * face_mm2 >= 25.0 and profile[layer] >= 0.5 * profile[inner]
+            if at_border or flat:
+                faces.append((axis, layer, step))
+    return faces
+
+
+def _near_faces(idx: np.ndarray, faces: list[tuple[int, int, int]], depth: int) -> np.ndarray:
+    """True for the voxel indices ``idx`` (N, 3) within ``depth`` layers of a cut face."""
+    near = np.zeros(len(idx), dtype=bool)
+    for axis, layer, step in faces:
+        near |= step * (idx[:, axis] - layer) < depth
+    return near
+
+
+def _fibonacci_directions(n: int = 256) -> np.ndarray:
+    """``n`` unit vectors spread evenly over the sphere (Fibonacci lattice)."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = np.pi * (1.0 + 5.0**0.5) * i
+    rho = np.sqrt(1.0 - z * z)
+    return np.c_[rho * np.cos(phi), rho * np.sin(phi), z]
+
+
+_DIRECTIONS = _fibonacci_directions()
+
+
+def _sphere_coverage(surface: np.ndarray, centre: np.ndarray, radius: float, tol_mm: float) -> float:
+    """Fraction of a sphere's directions (256 even bins) where the surface lies within ``tol_mm`` of it."""
+    rel = surface - centre
+    dist = np.sqrt(np.einsum("ij,ij->i", rel, rel))
+    near = np.abs(dist - radius) < tol_mm
+    if not near.any():
+        return 0.0
+    dirs = rel[near] / dist[near, None]
+    return float(len(np.unique(np.argmax(dirs @ _DIRECTIONS.T, axis=1)))) / len(_DIRECTIONS)
+
+
+def _fit_ball(
+    surface: np.ndarray, centre: np.ndarray, radius: float, h: float
+) -> tuple[np.ndarray, float] | None:
+    """Sphere fitted to the surface points in a shrinking band around a starting ball (None: too few)."""
+    band = max(3.0, 0.25 * radius)
+    c, r = centre, radius
+    rel = surface - centre
+    pts = np.compress(np.sqrt(np.einsum("ij,ij->i", rel, rel)) < radius + band + 10.0, surface, axis=0)
+    for _ in range(5):
+        dist = np.linalg.norm(pts - c, axis=1)
+        sel = np.abs(dist - r) < band
+        if sel.sum() < 50:
+            return None
+        c, r, _ = fit_sphere(np.compress(sel, pts, axis=0), c, r, min_scale=0.3 * h, tol_mm=1e-2)
+        if not (np.all(np.isfinite(c)) and r > 0.0):
+            return None
+        band = max(1.5, 1.5 * h, 0.6 * band)
+    return c, float(r)
+
+
+def _find_head(
+    edt: np.ndarray,
+    step: np.ndarray,
+    spacing: np.ndarray,
+    affine: np.ndarray,
+    surface: np.ndarray,
+    h: float,
+    radius_range_mm: tuple[float, float],
+    max_candidates: int = 8,
+) -> tuple[np.ndarray, float, float]:
+    """The femoral head: the most spherical of the thick parts of the bone, whichever end it is at.
+
+    Candidates are the local maxima of the distance transform ``edt`` (computed on the crop subsampled
+    by ``step`` voxels per axis) of at least half its maximum, 15 mm apart; a sphere is fitted to the
+    surface around each, and the head is the one whose surface covers most of its sphere
+    (:func:`_sphere_coverage`). The knee's condyles, the trochanters and a cut shaft end cover far less
+    of a sphere than the head.
+
+    Returns:
+        (centre mm, radius mm, coverage fraction).
+    """
+    size = tuple(int(v) for v in np.maximum(np.round(15.0 / (step * spacing)), 3))
+    peaks = (edt == ndimage.maximum_filter(edt, size=size)) & (edt >= 0.5 * float(edt.max()))
+    idx = np.argwhere(peaks)
+    vals = edt[peaks]
+    order = np.argsort(vals)[::-1]
+    centres = index_points_mm(step * idx[order], affine)
+    chosen: list[int] = []
+    for i in range(len(order)):  # strongest first, at least 15 mm from the ones kept
+        if all(np.linalg.norm(centres[i] - centres[j]) >= 15.0 for j in chosen):
+            chosen.append(i)
+        if len(chosen) == max_candidates:
+            break
+    best: tuple[np.ndarray, float, float] | None = None
+    tol = max(1.5, 1.5 * h)
+    for i in chosen:
+        fit = _fit_ball(surface, centres[i], float(vals[order[i]]), h)
+        if fit is None or not radius_range_mm[0] <= fit[1] <= radius_range_mm[1]:
+            continue
+        coverage = _sphere_coverage(surface, fit[0], fit[1], tol)
+        if best is None or coverage > best[2]:
+            best = (fit[0], fit[1], coverage)
+    if best is None:
+        raise ClinicalError(
+            f"no femoral head found: no thick part of the bone fits a sphere of radius {radius_range_mm} mm "
+            "(wrong spacing in the affine, or not a femur)"
+        )
+    return best
+
+
+def _shaft_run(areas: np.ndarray, ok: np.ndarray, ratio: float, min_slices: int) -> tuple[int, int, float]:
+    """The straight shaft among the cross sections: (first slice, end slice, reference area mm^2).
+
+    A stable window is ``min_slices`` consecutive ``ok`` slices whose largest area is at most ``ratio``
+    times the smallest. The shaft's reference area is the smallest median area of a stable window (the
+    diaphysis is the narrowest part of the femur below the neck); the shaft is the most proximal run of
+    ``ok`` slices with areas within ``ratio`` of it that is at least ``min_slices`` long. Without any
+    stable window, the longest stable run (shorter than ``min_slices``) and an infinite area.
+    """
+    n = len(areas)
+    if n >= min_slices:
+        windows = np.lib.stride_tricks.sliding_window_view(areas, min_slices)
+        stable = np.lib.stride_tricks.sliding_window_view(ok, min_slices).all(1)
+        stable &= windows.max(1) <= ratio * windows.min(1)
+    else:
+        stable = np.zeros(0, dtype=bool)
+    if not stable.any():  # no shaft: the longest stable run, for the message
+        best = (0, 0)
+        for i in np.nonzero(ok)[0]:
+            seg_ok = ok[i:]
+            a = areas[i : i + (int(np.argmin(seg_ok)) if not seg_ok.all() else len(seg_ok))]
+            good = np.maximum.accumulate(a) <= ratio * np.minimum.accumulate(a)
+            j = int(np.argmin(good)) if not good.all() else len(good)
+            if j > best[1] - best[0]:
+                best = (int(i), int(i) + j)
+        return best[0], best[1], np.inf
+    medians = np.where(stable, np.median(windows, axis=1), np.inf)
+    i_ref = int(np.argmin(medians))
+    a_ref = float(medians[i_ref])
+    shaft = ok & (areas <= ratio * a_ref) & (areas >= a_ref / ratio)
+    lab, n_runs = ndimage.label(shaft)
+    for run in range(1, n_runs + 1):  # labels are numbered from the proximal end
+        where = np.nonzero(lab == run)[0]
+        if len(where) >= min_slices:
+            return int(where[0]), int(where[-1]) + 1, a_ref
+    return i_ref, i_ref + min_slices, a_ref  # the reference window itself (only on rounding ties)
+
+
+def _provisional_shaft_directions(
+    points: np.ndarray,
+    cut: np.ndarray,
     mask: np.ndarray,
     boundary: np.ndarray,
     affine: np.ndarray,
-    direction: np.ndarray,
-    depth_mm: float = 35.0,
-    slack_mm: float = 15.0,
-) -> np.ndarray:
-    """Axis of the distal tube: the direction most perpendicular to the surface normals near the end.
+    cut_near: np.ndarray,
+    head_centre: np.ndarray,
+    head_radius: float,
+    vol: float,
+) -> list[np.ndarray]:
+    """Starting directions (distal) for the diaphysis axis from the bone 40-160 mm beyond the head sphere.
 
-    ``boundary`` are the mask's boundary voxels; their normals are computed only within ``depth_mm`` (+
-    ``slack_mm`` for the direction's changes, more if needed) of the distal end. Normals within 50 deg
-    of the current axis (the flat end cut) are ignored after the first pass.
+    1. the tube axis of its surface normals (smallest eigenvector of sum(n n^T), iterated while ignoring
+       normals within 50 deg of the axis), leaving out the surface near cut faces (``cut_near``), whose
+       smoothed normals mix the cut face with the shaft; 2. the direction from the head centre to its
+       centroid.
     """
+    rel = points - head_centre
+    dist2 = np.einsum("ij,ij->i", rel, rel)
+    far = (dist2 > (head_radius + 40.0) ** 2) & ~cut
+    if far.sum() * vol < 2000.0:
+        raise ClinicalError(
+            f"only {far.sum() * vol / 1000:.1f} cm^3 of bone lies farther than 40 mm beyond the femoral "
+            "head: "
+            "no diaphysis (shaft) in the field of view"
+        )
+    towards = unit(np.compress(far, points, axis=0).mean(0) - head_centre)
     surf = index_points_mm(boundary, affine)
-    normals = np.full((len(surf), 3), np.nan)
-    known = np.zeros(len(surf), dtype=bool)
-    d = unit(direction)
+    rel = surf - head_centre
+    dist = np.sqrt(np.einsum("ij,ij->i", rel, rel))
+    sel = (dist > head_radius + 40.0) & (dist < head_radius + 160.0) & ~cut_near
+    normals = _surface_normals(mask, boundary[sel], affine) if sel.sum() >= 30 else np.zeros((0, 3))
+    normals = normals[~np.isnan(normals[:, 0])]
+    if len(normals) < 30:
+        return [towards]
+    d = towards
     cos_cut = np.cos(np.radians(50.0))
     for it in range(6):
-        s = surf @ d
-        near_end = s > s.max() - depth_mm
-        if (near_end & ~known).any():  # normals needed that are not computed yet
-            todo = (s > s.max() - depth_mm - slack_mm) & ~known
-            normals[todo] = _surface_normals(mask, boundary[todo], affine)
-            known |= todo
-        valid = near_end & ~np.isnan(normals[:, 0])
-        sel = valid & ((np.abs(normals @ d) < cos_cut) if it else True)
-        if sel.sum() < 30:
-            raise ClinicalError("no tube-like diaphysis found at the distal end of the femur mask")
-        _, vecs = np.linalg.eigh(normals[sel].T @ normals[sel])
+        use = normals[np.abs(normals @ d) < cos_cut] if it else normals
+        if len(use) < 30:
+            break
+        _, vecs = np.linalg.eigh(use.T @ use)
         new = vecs[:, 0] if vecs[:, 0] @ d > 0 else -vecs[:, 0]
         converged = new @ d > np.cos(np.radians(0.1))
         d = new
         if converged and it:
             break
-    return d
+    return [d, towards]
+
+
+def _robust_line(
+    points: np.ndarray, weights: np.ndarray, min_scale_mm: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted line fit with Tukey biweights on the distances to the line (5 reweightings).
+
+    Points farther than about 4.7 robust scales (at least ``min_scale_mm``) from the line get no weight:
+    cross sections shifted by a lesser trochanter or a bump in the mask do not tilt the axis.
+    """
+    centre, d = fit_line(points, weights)
+    w = weights
+    for _ in range(5):
+        rel = points - centre
+        res = np.linalg.norm(rel - np.outer(rel @ d, d), axis=1)
+        scale = max(min_scale_mm, 1.4826 * float(np.median(res)))
+        z = res / (4.685 * scale)
+        w = weights * np.where(z < 1.0, (1.0 - z**2) ** 2, 0.0)
+        if np.count_nonzero(w) < 3:
+            break
+        centre, d = fit_line(points, w)
+    return centre, d
+
+
+class _Depth:
+    """Distance (mm) from voxels of ``mask`` to the background at full resolution, computed in boxes.
+
+    The distance transform is computed in the bounding box of the voxels asked for, plus ``pad`` voxels
+    (more when a box is recomputed), and reused while later voxels lie inside it. The bone beyond the box
+    counts as bone, so a depth is exact unless its nearest background lies outside the box.
+    """
+
+    def __init__(self, mask: np.ndarray, spacing: np.ndarray, pad: int = 12) -> None:
+        self.mask, self.spacing, self.pad = mask, spacing, pad
+        self.lo = self.hi = np.zeros(3, dtype=int)
+        self.edt = np.zeros((0, 0, 0))
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        """Depth (mm) of the voxels ``idx`` (N, 3)."""
+        if np.any(idx.min(0) < self.lo) or np.any(idx.max(0) >= self.hi):
+            self.lo = np.maximum(idx.min(0) - self.pad, 0)
+            self.hi = np.minimum(idx.max(0) + self.pad + 1, self.mask.shape)
+            box = self.mask[tuple(slice(a, b) for a, b in zip(self.lo, self.hi, strict=True))]
+            self.edt = ndimage.distance_transform_edt(box, sampling=self.spacing)
+        return self.edt[tuple((idx - self.lo).T)]
 
 
 def _diaphysis_axis(
-    points: np.ndarray, direction: np.ndarray, h: float, vol: float, min_shaft_mm: float
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Centroid-line fit of the distal shaft slices: (point on axis, distal unit direction, length)."""
+    points: np.ndarray,
+    cut: np.ndarray,
+    head_centre: np.ndarray,
+    head_radius: float,
+    h: float,
+    vol: float,
+    min_shaft_mm: float,
+    max_shaft_mm: float,
+    initial: np.ndarray,
+    mask: np.ndarray,
+    idx: np.ndarray,
+    spacing: np.ndarray,
+    flare_ratio: float = 1.25,
+) -> tuple[np.ndarray, np.ndarray, float, float, tuple[float, float]]:
+    """Centroid line of the straight shaft's complete cross sections.
+
+    Starts from the direction ``initial`` and iterates. 1 mm (or one voxel) slices perpendicular to the
+    current axis are counted from the head sphere onwards. A slice can belong to the shaft when it holds
+    no voxel of a cut face (``cut``: it is complete) and its centroid lies at least half a head radius
+    from the line through the head centre along the axis (the neck, which runs through the head centre,
+    never qualifies: the shaft is offset from the head). The shaft is found by :func:`_shaft_run` on the
+    areas; its proximal 15 % (next to the metaphyseal flare) is left out, at most ``max_shaft_mm`` of it
+    is used (the proximal diaphysis of a whole femur), and a robust weighted line through its slice
+    centroids (:func:`_robust_line`) is the new axis.
+
+    Returns:
+        (point on the axis, distal unit direction, used length mm, shaft run length mm, (first, last)
+        distance of the used section from the head centre along the axis, mm). When the used length is
+        below ``min_shaft_mm`` the iteration stops and the caller reports it.
+    """
     width = max(1.0, h)
-    margin = max(3.0, 2 * h)
-    d = unit(direction)
-    n_ref = max(int(np.ceil(10.0 / width)), 3)
-    centre, length = np.zeros(3), 0.0
-    for _ in range(3):
-        end = points[int(np.argmax(points @ d))]
-        k, counts = _slice_index(points, end, -d, width)
-        areas = counts * vol / width
-        first = int(np.ceil(margin / width))
-        if len(areas) < first + 3 * n_ref:
-            raise ClinicalError("femur mask too short to hold a diaphysis (shaft) segment")
-        # skip the partial slices of an end cut that is oblique to the axis
-        full = np.nonzero(areas[first:] >= 0.9 * np.median(areas[first : first + 3 * n_ref]))[0]
-        first += int(full[0]) if len(full) else 0
-        area_ref = float(np.median(areas[first : first + n_ref]))
-        above = np.nonzero(areas[first:] > 1.25 * area_ref)[0]
-        stop = first + (int(above[0]) if len(above) else len(areas) - first)
-        stop = first + int(np.ceil(0.85 * (stop - first)))  # keep away from the flare / trochanters
+    rel = points - head_centre
+    d, centre = initial, head_centre
+    min_slices = int(np.ceil(min_shaft_mm / width))
+    depth_of = _Depth(mask, spacing)
+    for it in range(10):
+        t = rel @ d - head_radius  # slices start at the head sphere
+        sel = t > 0.0
+        t = t[sel]
+        k = np.floor(t / width).astype(int)
+        counts = np.bincount(k).astype(float)
+        n = len(counts)
+        cents = _slice_centroids(np.compress(sel, points, axis=0), k, counts)
+        off = cents - head_centre
+        offset = np.linalg.norm(off - np.outer(off @ d, d), axis=1)
+        ok = (
+            (counts > 0)
+            & (np.bincount(k, weights=cut[sel], minlength=n) == 0)
+            & (offset >= 0.5 * head_radius)
+        )
+        ok[:-1] &= ok[1:]  # the linear binning below also spreads voxels into the next slice
+        # areas by linear (cloud-in-cell) binning and a 5 mm moving mean: on a voxel grid, hard 1 mm bins
+        # alias with the voxel rows and the areas flicker (up to 25 % along a grid diagonal)
+        u = t / width - 0.5
+        k_lo = np.floor(u).astype(int)
+        frac = u - k_lo
+        smooth = np.bincount(k_lo + 1, weights=frac, minlength=n + 1)[:n]
+        smooth += np.bincount(np.maximum(k_lo, 0), weights=1.0 - frac, minlength=n)[:n]
+        # moving mean over the usable slices only: a cut section must not lower its neighbours' areas
+        window = max(3, int(round(5.0 / width)))
+        weight = ndimage.uniform_filter1d(ok.astype(float), window, mode="constant")
+        areas = ndimage.uniform_filter1d(smooth * ok * vol / width, window, mode="constant")
+        areas = np.where(ok, areas / np.maximum(weight, 1e-9), 0.0)
+        i0, i1, a_ref = _shaft_run(areas, ok, flare_ratio, min_slices)
+        run_mm = (i1 - i0) * width
+        used_mm = min(run_mm, max_shaft_mm)
+        first = i0 + int(np.ceil(0.15 * used_mm / width))
+        stop = min(i1, first + int(np.floor(0.85 * used_mm / width)))
         length = (stop - first) * width
-        if length < min_shaft_mm:
-            raise ClinicalError(
-                f"only {length:.0f} mm of straight diaphysis found below the trochanters (need >= "
-                f"{min_shaft_mm:.0f} mm): the shaft is missing or cut too short by the field of view"
-            )
-        cents = _slice_centroids(points, k, counts, first, stop)  # centroids of the shaft slices only
-        centre, d_new = fit_line(cents[first:stop], counts[first:stop])
-        d = d_new if d_new @ d > 0 else -d_new
-    return centre, d, length
+        if run_mm < min_shaft_mm or stop - first < 3:  # too short to refine the axis: the caller reports it
+            break
+        if it < 2:  # plain section centroids bring the axis close
+            line_pts, line_w = cents[first:stop], counts[first:stop]
+        else:  # then the centroids of the sections' thick cores: a trochanter or a bump does not shift them
+            near = np.zeros(len(points), dtype=bool)
+            near[np.nonzero(sel)[0][(k >= first - 2) & (k < stop + 2)]] = True
+            depth = depth_of(idx[near])
+            core = np.zeros(len(points), dtype=bool)
+            core[np.nonzero(near)[0][depth >= 0.7 * np.sqrt(a_ref / np.pi)]] = True
+            kc = np.floor((rel[core] @ d - head_radius) / width).astype(int)
+            in_run = (kc >= first) & (kc < stop)
+            kc = kc[in_run] - first
+            core_counts = np.bincount(kc, minlength=stop - first).astype(float)
+            core_pts = np.compress(core, points, axis=0)[in_run]
+            core_cents = _slice_centroids(core_pts, kc, core_counts)
+            keep = core_counts > 0
+            line_pts, line_w = core_cents[keep], core_counts[keep]
+            if len(line_pts) < 3:
+                line_pts, line_w = cents[first:stop], counts[first:stop]
+        centre, d_new = _robust_line(line_pts, line_w)
+        d_new = d_new if d_new @ d > 0 else -d_new
+        converged = d_new @ d > np.cos(np.radians(0.05))
+        d = d_new
+        if converged and it >= 2:
+            break
+    return centre, d, length, run_mm, ((first * width + head_radius), (stop * width + head_radius))
+
+
+def _tube_direction(
+    mask: np.ndarray,
+    boundary: np.ndarray,
+    affine: np.ndarray,
+    cut_near: np.ndarray,
+    head_centre: np.ndarray,
+    direction: np.ndarray,
+    section_mm: tuple[float, float],
+) -> np.ndarray:
+    """Tube axis of a shaft section from its surface normals (an estimate independent of the centroids).
+
+    The eigenvector with the smallest eigenvalue of sum(n n^T) over the normals of the boundary voxels
+    whose distance from the head centre along ``direction`` is within ``section_mm``, leaving out those
+    near a cut face (``cut_near``, one flag per boundary voxel).
+    """
+    surf = index_points_mm(boundary, affine)
+    t = (surf - head_centre) @ direction
+    sel = (t >= section_mm[0]) & (t < section_mm[1]) & ~cut_near
+    normals = _surface_normals(mask, boundary[sel], affine) if sel.any() else np.zeros((0, 3))
+    normals = normals[~np.isnan(normals[:, 0])]
+    if len(normals) < 30:
+        return direction
+    _, vecs = np.linalg.eigh(normals.T @ normals)
+    return vecs[:, 0] if vecs[:, 0] @ direction > 0 else -vecs[:, 0]
 
 
 def _head_fit(
@@ -307,7 +639,8 @@ def measure(
     *,
     min_volume_mm3: float = 20_000.0,
     max_fragment_fraction: float = 0.05,
-    min_shaft_mm: float = 15.0,
+    min_shaft_mm: float = 18.0,
+    max_shaft_mm: float = 80.0,
     min_head_inlier_fraction: float = 0.75,
     head_radius_range_mm: tuple[float, float] = (8.0, 45.0),
     max_axis_disagreement_deg: float = 10.0,
@@ -315,17 +648,22 @@ def measure(
     """Measure the proximal-femur parameters on a binary mask.
 
     Args:
-        mask: 3D mask of one proximal femur (non-zero = bone), any voxel orientation.
+        mask: 3D mask of one femur (non-zero = bone): a proximal ROI or the whole bone, any voxel
+            orientation (the head end is found from the anatomy, not from the array axes).
         affine: 4x4 voxel-to-world matrix with the TRUE voxel spacing (mm).
         min_volume_mm3: smaller bone volumes are rejected as too small.
         max_fragment_fraction: a second 26-connected piece at least this fraction of the largest is an
             error; smaller pieces are dropped.
-        min_shaft_mm: minimum length of straight diaphysis needed for the diaphysis axis.
+        min_shaft_mm: minimum length of straight diaphysis inside the field of view (whole cross sections
+            within 1.25x of the shaft's area) needed for the diaphysis axis; its proximal 15 % (next to the
+            flare) is left out of the fit.
+        max_shaft_mm: longest stretch of straight diaphysis (below the trochanters) the axis is fitted to,
+            so that a whole femur gives the axis of its proximal diaphysis, as a proximal ROI does.
         min_head_inlier_fraction: fraction of the head surface (outside the neck cone) that must lie
             within 2 mm (or 2 voxels) of the fitted sphere; lower means holes or a malformed head.
         head_radius_range_mm: plausible head radii; outside it the fit is rejected.
-        max_axis_disagreement_deg: largest angle allowed between the shaft direction from the distal
-            surface normals and the one from the cross-section centres (reported as
+        max_axis_disagreement_deg: largest angle allowed between the shaft direction from the surface
+            normals of the shaft sections used and the one from their centres (reported as
             ``diaphysis_axis_disagreement_deg``); larger means the shaft found is not a straight tube.
 
     Returns:
@@ -351,35 +689,51 @@ def measure(
     full_shape = binary.shape
     crop, crop_aff = crop_to_foreground(binary, affine)
     crop, removed = clean_components(crop, 1.0, max_fragment_fraction, "femur mask")
+    offset_idx = np.round(np.linalg.solve(affine[:3, :3], crop_aff[:3, 3] - affine[:3, 3])).astype(int)
     spacing = voxel_spacing(crop_aff)
     h = float(spacing.max())
     idx = np.argwhere(crop)
     points = index_points_mm(idx, crop_aff)  # voxel centres, mm
     boundary = boundary_voxels(crop)
-    surface = surface_points_mm(crop, crop_aff, boundary)
+    surface_all = surface_points_mm(crop, crop_aff, boundary)
+    faces = _cut_faces(crop, offset_idx, full_shape, spacing)
+    cut = _near_faces(idx, faces, 2)  # voxels on a cut face: their cross sections are incomplete
 
-    # 2. distal end: farthest from the thickest (proximal) point
-    # EDT on a 2x subsampled grid (seeds only; ~8x faster), read back at every voxel
-    edt = ndimage.distance_transform_edt(crop[::2, ::2, ::2], sampling=2 * spacing)
-    edt_vals = edt[tuple((idx // 2).T)]
-    thick = points[int(np.argmax(edt_vals))]
-    rel = points - thick
-    distal = points[int(np.argmax(np.einsum("ij,ij->i", rel, rel)))]
+    # 2. femoral head: the most spherical thick part (EDT on a 2x subsampled grid: seeds only)
+    # depth inside the bone (mm) for the head seeds: EDT on a grid subsampled to steps of at most 2 mm
+    step = np.maximum(np.floor(2.0 / spacing), 1).astype(int)
+    edt = ndimage.distance_transform_edt(crop[:: step[0], :: step[1], :: step[2]], sampling=step * spacing)
+    c0, r0, _ = _find_head(edt, step, spacing, crop_aff, surface_all, h, head_radius_range_mm)
 
-    # 3. diaphysis axis (direction pointing distally): tube axis from the normals, then slice centroids
-    tube_dir = _shaft_direction(crop, boundary, crop_aff, distal - thick)
-    shaft_pt, shaft_dir, shaft_len = _diaphysis_axis(points, tube_dir, h, vol, min_shaft_mm)
+    # 3. diaphysis axis (direction pointing distally, away from the head): from each starting direction,
+    # the one with the longest straight shaft
+    cut_near = _near_faces(boundary, faces, int(np.ceil(6.0 * h / spacing.min())) + 2)
+    starts = _provisional_shaft_directions(points, cut, crop, boundary, crop_aff, cut_near, c0, r0, vol)
+    fits = []
+    for start in starts:  # the second start only where the first finds too little shaft
+        fits.append(
+            _diaphysis_axis(
+                points, cut, c0, r0, h, vol, min_shaft_mm, max_shaft_mm, start, crop, idx, spacing
+            )
+        )
+        if fits[-1][3] >= min_shaft_mm:
+            break
+    shaft_pt, shaft_dir, shaft_len, run_len, section = max(fits, key=lambda fit: fit[3])
+    if run_len < min_shaft_mm:
+        raise ClinicalError(
+            f"only {run_len:.1f} mm of straight shaft inside the field of view (need >= "
+            f"{min_shaft_mm:.0f} mm): below the trochanters, the whole cross sections (not cut by the "
+            "border) within 1.25x of the shaft's area are that short; the diaphysis is missing or cut too "
+            "short by the field of view"
+        )
+    tube_dir = _tube_direction(crop, boundary, crop_aff, cut_near, c0, shaft_dir, section)
 
-    # 4. femoral head: inscribed ball reaching farthest from the diaphysis axis
-    cand = edt_vals >= 0.6 * edt_vals.max()
-    reach = point_line_distance(points[cand], shaft_pt, shaft_dir) + edt_vals[cand]
-    i_seed = int(np.argmax(reach))
-    c0, r0 = points[cand][i_seed], float(edt_vals[cand][i_seed])
+    # 4. femoral head refined outside the neck cone
     neck_dir = _neck_direction(points, c0, r0)
     rel = points - c0
     points_near = np.compress(np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 60.0) ** 2, points, axis=0)
-    rel = surface - c0
-    surface = np.compress(np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 20.0) ** 2, surface, axis=0)
+    rel = surface_all - c0
+    surface = np.compress(np.einsum("ij,ij->i", rel, rel) < (2.0 * r0 + 20.0) ** 2, surface_all, axis=0)
     centre, radius = _head_fit(surface, c0, r0, neck_dir, 55.0, h)
     neck_dir = _neck_direction(points_near, centre, radius)
     neck_centre, neck_dir, neck_area = _neck_axis(
@@ -416,12 +770,12 @@ def measure(
             "no femoral neck constriction found below the head: the neck is missing or merged"
         )
 
-    # two independent estimates of the shaft direction (surface normals of the distal tube, centroids of
-    # its cross sections) must agree; they part when the "shaft" found is the trochanteric region
+    # two independent estimates of the shaft direction (surface normals of the shaft sections used,
+    # centroids of the sections) must agree; they part when the "shaft" found is not a straight tube
     disagreement = float(np.degrees(np.arccos(np.clip(abs(tube_dir @ shaft_dir), 0.0, 1.0))))
     if disagreement > max_axis_disagreement_deg:
         raise ClinicalError(
-            f"the diaphysis axis is ambiguous: the distal tube's surface normals and its cross-section "
+            f"the diaphysis axis is ambiguous: the shaft's surface normals and its cross-section "
             f"centres give directions {disagreement:.0f} deg apart (max {max_axis_disagreement_deg:.0f}); "
             "too little straight shaft in the field of view, or a malformed shaft"
         )
