@@ -73,6 +73,8 @@ class ReconstructionModule(L.LightningModule):
         self.eval_stats: dict[str, dict] = {}
         self._eval_options: dict[str, dict] = {"val": {}, "test": {}}
         self._evaluators: dict[str, CaseEvaluator] = {}
+        #: Monte Carlo settings of predict_step (configure_prediction); by default one plain forward pass
+        self._predict_options: dict = {"mc_samples": 1, "pose_jitter_deg": 0.0, "seed": 0}
 
     def configure_evaluation(
         self,
@@ -210,9 +212,76 @@ class ReconstructionModule(L.LightningModule):
             evaluator.close()
         self._evaluators = {}
 
+    def configure_prediction(self, mc_samples: int = 10, pose_jitter_deg: float = 0.0, seed: int = 0) -> None:
+        """Set how :meth:`predict_step` samples (``xray3d-predict`` calls this before ``Trainer.predict``).
+
+        Args:
+            mc_samples: Monte Carlo dropout samples per case (1 = one deterministic forward pass).
+            pose_jitter_deg: each sample rotates each view in its plane (about its beam axis) by an
+                angle drawn uniformly in ``[-pose_jitter_deg, pose_jitter_deg]``; 0 = no jitter.
+            seed: seed of the dropout masks and jitter angles, reset for every case, so the same input
+                gives the same prediction whatever its batch (on one kind of device).
+        """
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        if pose_jitter_deg < 0:
+            raise ValueError(f"pose_jitter_deg must be >= 0, got {pose_jitter_deg}")
+        self._predict_options = {
+            "mc_samples": int(mc_samples),
+            "pose_jitter_deg": float(pose_jitter_deg),
+            "seed": int(seed),
+        }
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        logits, pred = self.predict_mask(batch)
-        return {"sample_id": batch["sample_id"], "prob": torch.sigmoid(logits), "pred": pred}
+        """Monte Carlo prediction of a batch (see :meth:`configure_prediction`).
+
+        Only the dropout layers run in training mode (batch norm keeps its running statistics). Returns
+        ``sample_id``, ``prob`` (mean probability, ``(B, 1, s, s, s)``), ``pred`` (``prob`` above the
+        threshold), ``uncertainty`` (predictive entropy of ``prob`` in bits per voxel), ``score``
+        (``(B,)``, 1 - mean Dice between the samples' masks and ``pred``), ``prob_std`` (the samples'
+        standard deviation per voxel) and ``n_samples``.
+        """
+        from xray3d.predict.uncertainty import (
+            mc_dropout,
+            predictive_entropy_bits,
+            rotate_views,
+            uncertainty_score,
+        )
+
+        opts = self._predict_options
+        xs = self.net_inputs(batch)
+        device = xs[0].device
+        jitter = opts["pose_jitter_deg"]
+        cuda = [device] if device.type == "cuda" else []
+        per_case = []
+        for i in range(len(xs[0])):
+            # every case draws the same dropout masks and angles: its prediction depends on its input only,
+            # not on the batch or the DDP rank it lands in
+            with torch.random.fork_rng(devices=cuda, device_type=device.type):
+                torch.manual_seed(opts["seed"])
+                with mc_dropout(self.net) as n_dropout:
+                    n = opts["mc_samples"] if (n_dropout or jitter > 0) else 1
+                    # the N samples of one case as one batch (batch norm is in eval mode)
+                    inputs = [x[i : i + 1].expand(n, *x.shape[1:]) for x in xs]
+                    if jitter > 0:
+                        inputs = [
+                            rotate_views(x, (torch.rand(n, device=device) * 2 - 1) * jitter)
+                            if x.ndim == 4
+                            else x
+                            for x in inputs
+                        ]
+                    per_case.append(torch.sigmoid(self(*inputs).float()))
+        stacked = torch.stack(per_case, dim=1)  # (N, B, 1, s, s, s)
+        prob = stacked.mean(0)
+        return {
+            "sample_id": batch["sample_id"],
+            "prob": prob,
+            "pred": prob > self.threshold,
+            "uncertainty": predictive_entropy_bits(prob),
+            "score": uncertainty_score(stacked, self.threshold),
+            "prob_std": stacked.std(0, unbiased=False),
+            "n_samples": n,
+        }
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]

@@ -1,0 +1,1 @@
+"""Prediction from a user's radiograph pair: reading, cropping, uncertainty, meshes and QC pictures."""
