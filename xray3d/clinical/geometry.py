@@ -19,6 +19,7 @@ __all__ = [
     "clean_components",
     "crop_to_foreground",
     "fit_line",
+    "fit_line_robust",
     "fill_holes",
     "fit_sphere",
     "label_components",
@@ -168,6 +169,30 @@ def fit_line(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.
     cov = (d * w[:, None]).T @ d / w.sum()
     _, vecs = np.linalg.eigh(cov)
     return centre, vecs[:, -1]
+
+
+def fit_line_robust(
+    points: np.ndarray, min_tol_mm: float = 1.5, n_sigma: float = 3.0, n_iter: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Total-least-squares line refitted without its outliers: (centroid, unit direction, inlier mask).
+
+    Points farther from the line than ``max(min_tol_mm, n_sigma x 1.4826 x MAD)`` of the distances are
+    dropped and the line refitted, until the inliers stop changing (at most ``n_iter`` times). Works in 2D
+    and 3D.
+    """
+    points = np.asarray(points, dtype=float)
+    inliers = np.ones(len(points), dtype=bool)
+    centre, direction = fit_line(points)
+    for _ in range(n_iter):
+        d = points - centre
+        dist = np.linalg.norm(d - np.outer(d @ direction, direction), axis=1)
+        mad = float(np.median(np.abs(dist[inliers] - np.median(dist[inliers]))))
+        keep = dist <= max(min_tol_mm, n_sigma * 1.4826 * mad)
+        if keep.sum() < 2 or np.array_equal(keep, inliers):
+            break
+        inliers = keep
+        centre, direction = fit_line(points[inliers])
+    return centre, direction, inliers
 
 
 def point_line_distance(points: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:

@@ -34,8 +34,13 @@ surface points in world millimetres (no mesh) and differs as follows:
   lies at the S2 level (Moore, Clinically Oriented Anatomy, 5th ed. 2005, p. 534: the line through the
   dimples over both PSIS crosses the S2 spinous process); the tests check that level on real pelves.
 * **IS.** Band between the PT-midpoint level and half-way to the ASIS level (APP frame), largest
-  26-connected region per side, extreme points along the posterior direction tilted -5 ... 44 deg towards
-  inferior (one vectorised product per tilt), the left/right candidate pair with the smallest distance.
+  26-connected region per side, extreme points along the posterior direction tilted -30 ... 44 deg towards
+  inferior (one vectorised product per tilt; the reference tilts -5 ... 44 deg), the left/right candidate
+  pair with the smallest distance. Extremes on the band's lower or upper cut face (within 1.5 voxels) are
+  left out: the ischial body below the spine is often more posterior than the spine, so with inferior
+  tilts only the cut face wins, and which side of a near-tie wins depended on how the grid was stored (the
+  right spine of a real pelvis jumped 34 mm, interspinous +19 mm, on a grid turned by 20-30 deg; the
+  superior tilts find the spine's own prominence). Both conventions use this search.
 * **Landmarks in world coordinates** (the reference reads them back in a COM-centred frame); the error is
   then the plain Euclidean distance in the shared world frame.
 
@@ -144,7 +149,8 @@ def _ischial_spines(
     ``idx`` are the crop's foreground voxel indices and ``vox`` their world positions (mm).
     """
     q = (vox - origin) @ frame.T
-    angles = np.radians(np.arange(-5, 45))
+    margin_mm = 1.5 * float(voxel_spacing(crop_aff).max())
+    angles = np.radians(np.arange(-30, 45))
     dirs = np.stack([np.zeros_like(angles), -np.cos(angles), -np.sin(angles)], 1)  # frame coords
     cands = []
     for right in (True, False):
@@ -163,7 +169,16 @@ def _ischial_spines(
         pts = surface_points_mm(band, band_aff)
         qs = (pts - origin) @ frame.T
         best = np.argmax(qs @ dirs.T, axis=0)
-        cands.append(pts[best])
+        # an extreme on the band's lower / upper cut face is an artefact of the cut, not a spine: where the
+        # cut falls between voxels depends on how the grid is stored and turned (34 mm jumps on a real
+        # pelvis resampled onto a rotated grid)
+        inside = (qs[best, 2] > z_lo + margin_mm) & (qs[best, 2] < z_hi - margin_mm)
+        if not inside.any():
+            raise ClinicalError(
+                "no ischial spine found: the posterior border of the ischium has no prominence between the "
+                "pubis and the ASIS level on one side"
+            )
+        cands.append(pts[best[inside]])
     dist = np.linalg.norm(cands[0][:, None, :] - cands[1][None, :, :], axis=2)
     i, j = np.unravel_index(int(np.argmin(dist)), dist.shape)
     return cands[0][i], cands[1][j]

@@ -25,7 +25,8 @@ Algorithm (world millimetres from the affine; no voxel axis is assumed):
 2. Mid-sagittal symmetry plane: the plane whose mirror image of the surface points lands back on the
    surface (mean distance to the surface, from a Euclidean distance transform with the true voxel spacing).
    Coarse search of the normal within ``max_tilt_deg`` of the world left-right axis, then Nelder-Mead over
-   the two tilt angles and the offset.
+   the two tilt angles and the offset. The points are subsampled in world order, so the same bone stored
+   with another voxel order (LPS, SLP, ...) gives the same plane.
 3. The section is rasterised on a ``pixel_mm`` grid in that plane (mean of a ``slab_mm`` thick slab),
    with in-plane axes from the world anterior (+y) and superior (+z) directions projected on the plane.
    Its 0.5 iso-contours (marching squares) give sub-pixel boundary points, and its smoothed gradient the
@@ -36,13 +37,19 @@ Algorithm (world millimetres from the affine; no voxel axis is assumed):
    lies posterior to it are the posterior elements. No posterior part is a :class:`ClinicalError` (missing
    arch or closed canal).
 5. vcl = minimum distance between the body and posterior boundary points; below ``min_canal_mm`` (2 mm in
-   the reference) the case is a :class:`ClinicalError`, as the reference discards it.
+   the reference) the case is a :class:`ClinicalError`, as the reference discards it. The canal points are
+   the pair in the middle of the arch points within ``canal_tol_mm`` of that minimum (the single closest
+   pair slides along parallel outlines: 10 mm on a real L5 re-stored on a turned grid).
 6. Body frame: the dominant orientation of the body boundary normals (the angle-quadrupling mean of a
    rectangle-like outline), the axis closest to anterior being the body's antero-posterior axis.
    Boundary points whose normal is within ``wall_angle_deg`` of +-superior are the superior / inferior
-   endplates, within it of +-anterior the anterior / posterior walls. A total-least-squares line is fitted
-   to each set; the four lines meet at the body's corners, and svbl, ivbl, avbh, pvbh are the corner to
-   corner lengths along the superior / inferior endplate and anterior / posterior wall lines.
+   endplates, within it of +-anterior the anterior / posterior walls, each on its own side of the body
+   centre. A total-least-squares line is fitted to each set and refitted without the points farther than
+   ``line_outlier_mm`` from it (a rim lip on the other half of the body, or the risers of a voxel staircase
+   on an endplate of a coarsely sliced mask, have edge-like normals and tilted the lines: 9 deg of spa on a
+   real L5, 12 mm of body height on a 2.5 mm-sliced L4); the four lines meet at the body's corners, and
+   svbl, ivbl, avbh, pvbh are the corner to corner lengths along the superior / inferior endplate and
+   anterior / posterior wall lines.
 7. Posterior axis: first principal axis of the posterior section pixels, oriented away from the body; spl is
    the extent of the posterior boundary points on it, the tip the farthest one; spa is measured against the
    superior endplate line.
@@ -71,7 +78,9 @@ same; the published L4 row of the reference README is reproduced within 1 mm / 1
   the arch point of vcl) are endplate points, the others wall points; the body's first principal axis
   (through its centroid) splits the endplates into superior / inferior, the second the walls into anterior /
   posterior;
-* each set gets a total-least-squares line **trimmed to its own points** (the extent of their projections):
+* each set gets a total-least-squares line **trimmed to its own points** (the extent of their projections;
+  points farther than ``reference_outlier_mm`` from the line, voxel-staircase risers that the reference's
+  smoothed mesh does not have, are left out):
   svbl, ivbl, avbh, pvbh are those extents, which leave out the rounded rims (3-4 mm shorter than corner to
   corner on a sharp-cornered body);
 * spl is the extent of the posterior boundary points along their first principal axis;
@@ -102,6 +111,7 @@ from xray3d.clinical.geometry import (
     crop_to_foreground,
     fill_holes,
     fit_line,
+    fit_line_robust,
     surface_points_mm,
     unit,
     voxel_spacing,
@@ -204,6 +214,7 @@ def _reference_lines(
     canal_dir: np.ndarray,
     knn: int,
     min_points: int,
+    outlier_mm: float,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
     """Body lines as the reference classifies and trims them.
 
@@ -234,9 +245,9 @@ def _reference_lines(
     for name, (sel, orient) in sets.items():
         if sel.sum() < min_points:
             raise ClinicalError(f"vertebral body has no recognisable {name} in the mid-sagittal section")
-        centre, direction = fit_line(smooth[sel])
+        centre, direction, inliers = fit_line_robust(smooth[sel], min_tol_mm=outlier_mm)
         direction = direction if direction @ orient >= 0 else -direction
-        proj = (smooth[sel] - centre) @ direction
+        proj = (smooth[sel][inliers] - centre) @ direction
         mid = centre + 0.5 * (proj.max() + proj.min()) * direction
         lines[name] = (mid, direction, float(proj.max() - proj.min()))
     return lines
@@ -270,6 +281,9 @@ def measure(
     convention: str = "xray3d",
     reference_knn: int = 10,
     reference_grid_mm: float = 1.0,
+    line_outlier_mm: float = 1.5,
+    reference_outlier_mm: float = 3.0,
+    canal_tol_mm: float = 1.0,
 ) -> dict[str, Any]:
     """Measure the spec 6.3 vertebra parameters on one vertebra mask (see the module docstring).
 
@@ -293,6 +307,13 @@ def measure(
         reference_grid_mm: the reference convention rasterises the section on this grid (the reference
             meshes a 1 mm resampled volume, so its outline points and normals have that resolution);
             it replaces ``pixel_mm``.
+        canal_tol_mm: the canal points are the middle of the arch outline within this of the narrowest
+            canal depth (vcl itself is the minimum distance).
+        reference_outlier_mm: the reference convention leaves out of each trimmed line the outline points
+            farther from it than this (or 3 robust standard deviations): voxel-staircase risers of a coarse
+            grid, which the reference's smoothed mesh does not have.
+        line_outlier_mm: the xray3d convention refits each wall / endplate line without the outline points
+            farther from it than this (or 3 robust standard deviations, if larger).
 
     Returns:
         Lengths ``*_mm``, the angle ``spinous_process_angle_deg`` and points ``*_xyz_mm`` (world mm).
@@ -323,7 +344,10 @@ def measure(
     centroid = index_points_mm(idx.mean(0)[None], crop_affine)[0]
     shell = crop & ~ndimage.binary_erosion(crop)
     dist = ndimage.distance_transform_edt(~shell, sampling=spacing).astype(np.float32)
-    sample = surface[np.random.default_rng(0).permutation(len(surface))[:3000]]
+    # a random subset drawn from the points in world order, so that it does not depend on the voxel order
+    # the mask is stored in (the same bone stored as PIR, LPS, ... gives the same plane)
+    world_order = np.lexsort(np.round(surface, 3).T[::-1])
+    sample = surface[world_order][np.random.default_rng(0).permutation(len(surface))[:3000]]
     normal, offset, _ = _symmetry_plane(sample, dist, inv, centroid, max_tilt_deg)
     centre = centroid - (normal @ centroid - offset) * normal
     e_a = unit(_WORLD_ANTERIOR - (_WORLD_ANTERIOR @ normal) * normal)
@@ -381,8 +405,12 @@ def measure(
 
     # 5. canal depth
     d_min, j = cKDTree(body_pts).query(post_pts)
-    k = int(np.argmin(d_min))
-    vcl = float(d_min[k])
+    vcl = float(d_min.min())
+    # the canal's ends: the pair in the middle of the arch points within canal_tol_mm of the narrowest
+    # depth (where the body and arch outlines run parallel, the single closest pair slides along them, up
+    # to 10 mm when the same L5 is stored on a turned grid)
+    near = np.flatnonzero(d_min <= vcl + canal_tol_mm)
+    k = int(near[np.argmin(np.linalg.norm(post_pts[near] - post_pts[near].mean(0), axis=1))])
     canal_ant, canal_post = body_pts[j[k]], post_pts[k]
     if vcl < min_canal_mm:
         raise ClinicalError(
@@ -403,7 +431,9 @@ def measure(
     min_points = max(4, int(3.0 / pixel_mm))
     if convention == "reference":
         canal_dir = unit(canal_post - canal_ant)
-        ref_lines = _reference_lines(body_pts, normals, canal_dir, reference_knn, min_points)
+        ref_lines = _reference_lines(
+            body_pts, normals, canal_dir, reference_knn, min_points, reference_outlier_mm
+        )
         lengths = {name: length for name, (_, _, length) in ref_lines.items()}
         ep_centre = {ep: ref_lines[f"{ep} endplate"][0] for ep in ("superior", "inferior")}
         ep_dir = ref_lines["superior endplate"][1]
@@ -421,17 +451,23 @@ def measure(
         b_a = np.array([np.cos(phi), np.sin(phi)])
         b_s = np.array([-b_a[1], b_a[0]])
         cos_t = np.cos(np.deg2rad(wall_angle_deg))
+        # each edge also on its own side of the body centre: a rim lip or notch on the opposite half whose
+        # normal happens to point the same way would tilt the line (9 deg of spa on a real L5 for a 1 mm
+        # shift of the section, i.e. a different answer for the same bone stored on a rotated grid)
+        rel_a, rel_s = (body_pts - body_centre) @ b_a, (body_pts - body_centre) @ b_s
         sets = {
-            "superior endplate": normals @ b_s > cos_t,
-            "inferior endplate": normals @ b_s < -cos_t,
-            "anterior wall": normals @ b_a > cos_t,
-            "posterior wall": normals @ b_a < -cos_t,
+            "superior endplate": (normals @ b_s > cos_t) & (rel_s > 0),
+            "inferior endplate": (normals @ b_s < -cos_t) & (rel_s < 0),
+            "anterior wall": (normals @ b_a > cos_t) & (rel_a > 0),
+            "posterior wall": (normals @ b_a < -cos_t) & (rel_a < 0),
         }
         lines = {}
         for name, sel in sets.items():
             if sel.sum() < min_points:
                 raise ClinicalError(f"vertebral body has no recognisable {name} in the mid-sagittal section")
-            lines[name] = fit_line(body_pts[sel])
+            # without outliers: the risers of a voxel staircase on an endplate of a coarsely sliced
+            # mask have wall-like normals, and would tilt the wall line towards the body's middle
+            lines[name] = fit_line_robust(body_pts[sel], min_tol_mm=line_outlier_mm)[:2]
         corners = {
             (ep, wall): _intersect(*lines[f"{ep} endplate"], *lines[f"{wall} wall"])
             for ep in ("superior", "inferior")
