@@ -131,6 +131,8 @@ class MetricsReport(L.Callback):
             "ckpt_path": self.ckpt_path,
             "config_digest": self.config_digest,
             "world_size": int(trainer.world_size),
+            # post-processing applied to the predictions (chosen on validation; rows hold dice_raw without it)
+            "postprocess": getattr(pl_module, "postprocess_choice", None),
             "clinical_gt_cache": self._gt_cache_dir,
             # inline measurements only (background workers hold their own copies of the counters)
             "clinical_gt_cache_hits": stats.get("clinical_gt_cache_hits") if cached else None,

@@ -293,7 +293,7 @@ def cohort_summary(df: pd.DataFrame, column: str = "cohort") -> dict[str, dict] 
     for name, part in df.groupby(column, sort=True):
         finite = part.replace([np.inf, -np.inf], np.nan)
         row: dict[str, Any] = {"n": int(len(part))}
-        for metric in ("dice", "hd95_mm", "asd_mm", "nsd"):
+        for metric in ("dice", "dice_raw", "hd95_mm", "asd_mm", "nsd"):
             if metric in finite:
                 row[metric] = float(finite[metric].mean())
         if "baseline_dice" in part:
@@ -358,6 +358,7 @@ def write_run_report(
         "n_cases": len(df),
         "labels": labels,
         "metrics": summarize(df),
+        "metrics_without_postprocess": summarize(df, ("dice_raw",)) if "dice_raw" in df else None,
         "n_empty_pred": int(df["empty_pred"].sum()) if "empty_pred" in df else 0,
         **(extra or {}),
         "baseline": baseline,

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from xray3d.evaluation.engine import CaseEvaluator, gather_cases, metric_means
+from xray3d.evaluation.postprocess import POSTPROCESS_STEPS, check_postprocess, choose_postprocess
 from xray3d.metrics.image import METRIC_KEYS
 
 __all__ = ["ReconstructionModule"]
@@ -31,6 +32,11 @@ class ReconstructionModule(L.LightningModule):
             denoising autoencoder uses 0.1, i.e. variance 0.01, spec §3.6).
         compile: wrap the network in ``torch.compile`` when training / evaluation starts
             (``model.compile=true``).
+        postprocess: post-processing of the predicted masks (:mod:`~xray3d.evaluation.postprocess`):
+            ``auto`` (default) scores every step on the validation cases at each validation and keeps the
+            best (``none`` unless a step improves the mean validation Dice), stored in the checkpoint;
+            or a fixed ``none`` / ``largest_component`` / ``largest_component_fill``. The choice is applied
+            at test and by ``xray3d-predict``; test rows carry ``dice_raw``, the Dice without it.
 
     Every validation and test case is evaluated by the evaluation engine
     (:class:`~xray3d.evaluation.engine.CaseEvaluator`; clinical parameters too when
@@ -50,6 +56,7 @@ class ReconstructionModule(L.LightningModule):
         inputs: tuple[str, ...] = ("ap", "lat"),
         input_noise_std: float = 0.0,
         compile: bool = False,
+        postprocess: str = "auto",
     ) -> None:
         super().__init__()
         if not 0.0 < threshold < 1.0:
@@ -69,6 +76,9 @@ class ReconstructionModule(L.LightningModule):
         self.input_noise_std = float(input_noise_std)
         self.compile = bool(compile)
         self._compiled = False
+        self.postprocess = check_postprocess(postprocess, allow_auto=True)
+        #: the post-processing applied at test / predict (chosen on validation when ``postprocess=auto``)
+        self.postprocess_choice = "none" if postprocess == "auto" else postprocess
         self.case_rows: dict[str, list[dict]] = {"val": [], "test": []}
         self.eval_stats: dict[str, dict] = {}
         self._eval_options: dict[str, dict] = {"val": {}, "test": {}}
@@ -166,7 +176,12 @@ class ReconstructionModule(L.LightningModule):
         old = self._evaluators.pop(stage, None)
         if old is not None:
             old.close()
-        self._evaluators[stage] = CaseEvaluator(self.nsd_tolerance_mm, **self._eval_options[stage])
+        options = dict(self._eval_options[stage])
+        if stage == "val" and self.postprocess == "auto":
+            options["score_postprocess"] = tuple(POSTPROCESS_STEPS)
+        elif stage == "test":
+            options["postprocess"] = self.postprocess_choice
+        self._evaluators[stage] = CaseEvaluator(self.nsd_tolerance_mm, **options)
 
     def _finish_evaluation(self, stage: str) -> None:
         """Gather the cases of every rank (each once), keep them and log their means (same on all ranks)."""
@@ -183,6 +198,20 @@ class ReconstructionModule(L.LightningModule):
             # warn about epoch-level values logged without sync_dist under DDP
             self.log(f"{stage}/{key}", means[key], prog_bar=key == "dice", sync_dist=True)
         self.log(f"{stage}/n_empty_pred", means["n_empty_pred"], sync_dist=True)
+        if stage == "val" and self.postprocess == "auto":
+            # the same gathered rows on every rank: every rank makes the same choice
+            self.postprocess_choice = choose_postprocess(rows, tuple(POSTPROCESS_STEPS))
+            chosen = metric_means(rows, (f"dice_pp_{self.postprocess_choice}",))
+            self.log("val/dice_postprocessed", chosen[f"dice_pp_{self.postprocess_choice}"], sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the post-processing chosen on validation with the weights."""
+        checkpoint["xray3d_postprocess"] = self.postprocess_choice
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the stored choice (``model.postprocess=auto``); a fixed setting wins over it."""
+        if self.postprocess == "auto":
+            self.postprocess_choice = check_postprocess(checkpoint.get("xray3d_postprocess", "none"))
 
     def on_validation_epoch_start(self) -> None:
         self._start_evaluation("val")

@@ -37,6 +37,7 @@ from xray3d import CONF_DIR
 from xray3d.data.io import DataError, save_nifti_atomic, write_csv_atomic, write_json_atomic
 from xray3d.data.projection import BiplanarProjector, minmax_normalize, pir_affine
 from xray3d.evaluation.engine import gather_cases
+from xray3d.evaluation.postprocess import apply_postprocess, check_postprocess
 from xray3d.pipeline.preflight import run_or_exit
 from xray3d.predict.mesh import volume_to_mesh
 from xray3d.predict.qc import qc_figure
@@ -443,12 +444,21 @@ class PredictionWriter(BasePredictionWriter):
         self.batch_mode = batch_mode
         self.rows: list[dict] = []
         self.summary: list[dict] = []
+        #: post-processing of the masks (the model's choice on validation, set when prediction starts)
+        self.postprocess = "none"
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.postprocess = check_postprocess(getattr(pl_module, "postprocess_choice", "none"))
 
     def write_case(self, case: Case, prob: np.ndarray, unc: np.ndarray, score: float, n_samples: int) -> dict:
         """Write the files of one case; returns its summary row."""
         out = self.output_dir / case.case_id
         out.mkdir(parents=True, exist_ok=True)
-        mask = prob > self.threshold
+        raw = prob > self.threshold
+        mask = apply_postprocess(raw, self.postprocess)
+        surface = prob
+        if self.postprocess != "none":  # the mesh follows the post-processed mask
+            surface = np.where(raw & ~mask, 0.0, np.where(mask & ~raw, (1 + self.threshold) / 2, prob))
         spacing = float(np.abs(np.linalg.det(case.affine[:3, :3])) ** (1 / 3))
         _nifti(mask.astype(np.uint8), case.affine, out / "mask.nii.gz")
         _nifti(prob.astype(np.float32), case.affine, out / "probability.nii.gz")
@@ -462,9 +472,10 @@ class PredictionWriter(BasePredictionWriter):
             "uncertainty_score": float(score),
             "mean_entropy_bits": float(unc[mask].mean()) if mask.any() else 0.0,
             "mc_samples": int(n_samples),
+            "postprocess": self.postprocess,
         }
         mesh = volume_to_mesh(
-            prob, case.affine, level=self.threshold, smoothing_iterations=self.smoothing_iterations
+            surface, case.affine, level=self.threshold, smoothing_iterations=self.smoothing_iterations
         )
         if mesh is None:
             row.update(mesh_watertight=False, mesh_volume_mm3=0.0, mesh_components=0)

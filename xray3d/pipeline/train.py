@@ -99,6 +99,12 @@ def print_report(paths: dict, callbacks: list) -> None:
             if summary.get("baseline"):
                 text += f" | mean-shape baseline dice={summary['baseline']['baseline_dice']['mean']:.4f}"
             lines.append(text)
+            if summary.get("postprocess"):
+                text = f"  post-processing (chosen on validation): {summary['postprocess']}"
+                raw = (summary.get("metrics_without_postprocess") or {}).get("dice_raw")
+                if raw:
+                    text += f"; dice without it {raw['mean']:.4f}"
+                lines.append(text)
             for name, c in (summary.get("cohorts") or {}).items():
                 text = f"    {name}: n={c['n']} dice={c['dice']:.4f}"
                 text += f" hd95_mm={c.get('hd95_mm', float('nan')):.2f}"
