@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import shutil
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# every fixture copy is the same scan: the preparers' duplicate-scan warnings say nothing new here
+logging.getLogger("xray3d.data.sources").setLevel(logging.ERROR)
 
 RELAXED_TS = {"min_femur_voxels": 0, "reject_partial": False, "min_ribs": 0}
 
@@ -88,8 +91,8 @@ def build_rsna(root: Path, copies: int) -> Path:
 
 def preparers() -> dict[str, tuple[Callable[[Path, int], Path], Callable[[Path, Path, int], Path]]]:
     """Dataset row name -> (fixture builder, ``prepare(raw, out, workers) -> manifest.csv``)."""
-    from xray3d.data.totalseg import prepare_totalseg
-    from xray3d.data.verse import prepare_verse
+    from xray3d.data.sources.totalseg import prepare_totalseg
+    from xray3d.data.sources.verse import prepare_verse
 
     rows: dict[str, tuple[Callable, Callable]] = {}
     for task in ("femur", "hip", "rib"):
@@ -103,7 +106,7 @@ def preparers() -> dict[str, tuple[Callable[[Path, int], Path], Callable[[Path, 
         build_verse,
         lambda raw, out, w: prepare_verse(raw, out, workers=w, force=True, progress=False),
     )
-    ctp_fixture, ctp = _optional("xray3d.testing.ctpelvic1k"), _optional("xray3d.data.ctpelvic1k")
+    ctp_fixture, ctp = _optional("xray3d.testing.ctpelvic1k"), _optional("xray3d.data.sources.ctpelvic1k")
     if ctp_fixture is not None and ctp is not None:
         rows["ctpelvic1k"] = (
             build_ctpelvic1k,
@@ -111,7 +114,7 @@ def preparers() -> dict[str, tuple[Callable[[Path, int], Path], Callable[[Path, 
                 raw, out, workers=w, force=True, progress=False, reject_partial=False
             ),
         )
-    rsna_fixture, rsna = _optional("xray3d.testing.rsna"), _optional("xray3d.data.rsna")
+    rsna_fixture, rsna = _optional("xray3d.testing.rsna"), _optional("xray3d.data.sources.rsna")
     if rsna_fixture is not None and rsna is not None:
         rows["rsna"] = (
             build_rsna,

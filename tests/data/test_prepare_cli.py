@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from xray3d.data.prepare_cli import PREPARERS, main
 from xray3d import CONF_DIR
+from xray3d.data.prepare_cli import PREPARERS, main
 from xray3d.testing import FixtureUnavailable
 
 
@@ -39,7 +39,8 @@ def test_dispatch_prepares_verse_from_its_real_fixture(tmp_path, capsys):
     n_test = int((manifest["split"] == "test").sum())
     assert f"ground truths of the test split: {n_test} (0 already cached" in capsys.readouterr().out
     entries = list((tmp_path / "out" / ".clinical_cache").glob("*/*.json"))
-    assert len(entries) == len(set(manifest.loc[manifest["split"] == "test", "level"])) > 0  # copies share one
+    # the copies' masks are identical, so they share one entry per level
+    assert len(entries) == len(set(manifest.loc[manifest["split"] == "test", "level"])) > 0
 
 
 def test_no_measure_gt_skips_the_clinical_cache(tmp_path, capsys):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from xray3d.data.rsna import prepare_rsna
-from xray3d.data.verse import prepare_verse
+from xray3d.data.sources.rsna import prepare_rsna
+from xray3d.data.sources.verse import prepare_verse
 from xray3d.testing import FixtureUnavailable
 
 from ..conftest import run_python

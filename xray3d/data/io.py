@@ -27,28 +27,75 @@ class DataError(ValueError):
     """A data file is missing, corrupt or inconsistent; the message names the file and the fix."""
 
 
-def load_nifti(path: str | Path, what: str = "image") -> nib.Nifti1Image:
+def load_nifti(path: str | Path, what: str = "image", raw: bool = False) -> nib.Nifti1Image:
     """Load a NIfTI file fully into memory, turning every failure into a :class:`DataError`.
+
+    The message says what is wrong with the file (empty, an uncompressed NIfTI named ``.nii.gz``, a
+    truncated gzip stream, not a NIfTI at all) and what to do about it: for a raw input (``raw=True``) how
+    to fix or re-obtain it, for a file xray3d wrote, to delete it and re-run the preparation step.
 
     Args:
         path: file to read.
         what: a word for the message ("CT", "mask").
+        raw: the file is a raw dataset input (a download), not an output of the preparation.
 
     Returns:
         The image with its data already read (so truncated files fail here, not later).
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{what} file not found: {path}. Re-run the preparation step or fix the path.")
+        fix = (
+            "Check the raw folder or fix the path." if raw else "Re-run the preparation step or fix the path."
+        )
+        raise DataError(f"{what} file not found: {path}. {fix}")
+    problem = _nifti_file_problem(path)
+    if problem is not None:
+        raise DataError(f"{what} file {path}: {problem[0]}; {problem[1] if raw else _REDO}")
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types (EOFError, zlib.error, ImageFileError, ...)
+        fix = "download or extract it again" if raw else _REDO
         raise DataError(
-            f"{what} file {path} cannot be read ({type(exc).__name__}: {exc}); it is corrupt or truncated. "
-            "Delete it and re-run the preparation step."
+            f"{what} file {path} cannot be read ({type(exc).__name__}: {exc}); it is corrupt or truncated: "
+            f"{fix}"
         ) from exc
     return nib.Nifti1Image(data, img.affine, img.header)
+
+
+_REDO = "Delete it and re-run the preparation step."
+_GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI1_MAGICS = (b"n+1\x00", b"ni1\x00")  # at byte 344 of a NIfTI-1 header
+_NIFTI2_MAGIC = b"n+2\x00"  # at byte 4 of a NIfTI-2 header
+
+
+def _nifti_file_problem(path: Path) -> tuple[str, str] | None:
+    """What is wrong with a NIfTI file that can be told from its first bytes, and how to fix a raw one.
+
+    Returns:
+        ``(problem, fix for a raw input)``, or None when the file looks like what its name says.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)", "the download or extraction stopped early: fetch the file again"
+    with open(path, "rb") as fh:
+        head = fh.read(352)
+    gz_name = path.name.lower().endswith(".gz")
+    gzipped = head[:2] == _GZIP_MAGIC
+    nifti = head[344:348] in _NIFTI1_MAGICS or head[4:8] == _NIFTI2_MAGIC
+    if gz_name and not gzipped and nifti:
+        return (
+            "uncompressed NIfTI named .nii.gz",
+            f"rename it to {path.name[:-3]} (or gzip it) and run again",
+        )
+    if not gz_name and gzipped:
+        return "gzip-compressed file without a .gz suffix", f"rename it to {path.name}.gz and run again"
+    if not gzipped and not nifti:
+        return (
+            f"not a NIfTI file (no NIfTI header; {size} bytes)",
+            "replace it with the NIfTI file the dataset ships",
+        )
+    return None
 
 
 def _umask() -> int:

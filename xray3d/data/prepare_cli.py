@@ -28,12 +28,12 @@ __all__ = ["PREPARERS", "main"]
 PREPARERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "embedded_vertebra": ("xray3d.data.embedded", ()),
     "embedded_rib": ("xray3d.data.embedded", ()),
-    "totalseg_femur": ("xray3d.data.totalseg", ("--task", "femur")),
-    "totalseg_hip": ("xray3d.data.totalseg", ("--task", "hip")),
-    "totalseg_rib": ("xray3d.data.totalseg", ("--task", "rib")),
-    "verse2019": ("xray3d.data.verse", ()),
-    "ctpelvic1k": ("xray3d.data.ctpelvic1k", ()),
-    "rsna_cervical": ("xray3d.data.rsna", ()),
+    "totalseg_femur": ("xray3d.data.sources.totalseg", ("--task", "femur")),
+    "totalseg_hip": ("xray3d.data.sources.totalseg", ("--task", "hip")),
+    "totalseg_rib": ("xray3d.data.sources.totalseg", ("--task", "rib")),
+    "verse2019": ("xray3d.data.sources.verse", ()),
+    "ctpelvic1k": ("xray3d.data.sources.ctpelvic1k", ()),
+    "rsna_cervical": ("xray3d.data.sources.rsna", ()),
 }
 
 
@@ -87,7 +87,8 @@ def _measure_test_ground_truths(name: str, rest: Sequence[str]) -> None:
         GlobalHydra.instance().clear()
     print(
         f"ground truths of the test split: {result['n']} ({result['cached']} already cached, "
-        f"{result['measured']} measured, {len(result['failed'])} not measurable) in {dataset_cache_dir(args.out)}"
+        f"{result['measured']} measured, {len(result['failed'])} not measurable) in "
+        f"{dataset_cache_dir(args.out)}"
     )
 
 

@@ -8,7 +8,8 @@ sample listed in ``DATA_DIR/manifest.csv``:
 * shape and voxel size match the anatomy's training grid (:data:`xray3d.data.roi.PRESETS`) and the
   manifest's ``spacing_mm`` / ``shape`` columns; orientation is PIR;
 * the mask holds only {0, 1} and is not empty; the CT is finite and looks like Hounsfield units;
-* no subject appears in two splits.
+* no subject appears in two splits, and subjects that are the same scan (``manifest.json``
+  ``duplicate_scans``) share one split.
 
 Every problem is printed with the file and what to do; the exit code is 1 when any error was found.
 """
@@ -106,6 +107,21 @@ def _check_sample(root: Path, row: dict, report: VerifyReport) -> None:
         )
 
 
+def _check_duplicate_scans(groups: list[list[str]], df: pd.DataFrame, report: VerifyReport) -> None:
+    """A group of subjects with the same CT (``manifest.json`` ``duplicate_scans``) must sit in one split."""
+    if "subject" not in df or "split" not in df:
+        return
+    for group in groups:
+        placed = (
+            df[df["subject"].isin(group) & (df["split"] != "unlisted")].groupby("subject")["split"].first()
+        )
+        if placed.nunique() > 1:
+            where = ", ".join(f"{s} in {split}" for s, split in placed.items())
+            report.errors.append(
+                f"leak: {where} are the same scan (manifest.json duplicate_scans); put them in one split"
+            )
+
+
 def verify_dataset(data_dir: str | Path, anatomy: str | None = None) -> VerifyReport:
     """Check a prepared dataset; see the module docstring for the list of checks."""
     root = Path(data_dir)
@@ -132,6 +148,8 @@ def verify_dataset(data_dir: str | Path, anatomy: str | None = None) -> VerifyRe
         except ValueError as exc:
             report.errors.append(f"{meta_path} is not valid JSON ({exc}); re-prepare the dataset")
         else:
+            if isinstance(meta, dict):
+                _check_duplicate_scans(meta.get("duplicate_scans") or [], df, report)
             if isinstance(meta, dict) and meta.get("complete") is False:
                 failed = [s.get("sample_id") for s in meta.get("skipped", []) if s.get("failed")]
                 report.errors.append(

@@ -13,7 +13,7 @@ What is real and what is constructed:
   from the NIfTI geometry; signed int16 pixels, or unsigned with intercept -1024 and JPEG Lossless SV1
   transfer syntax (1.2.840.10008.1.2.4.70, encoded by :func:`encode_jpeg_lossless` here) for ``compressed``
   studies), the label numbering mapped to RSNA's (1-7 C1-C7, 8-19 T1-T12), the segmentation file
-  ``segmentations/<uid>.nii`` written in RSNA's quirky layout (see :mod:`xray3d.data.rsna`: DICOM rows
+  ``segmentations/<uid>.nii`` written in RSNA's quirky layout (see :mod:`xray3d.data.sources.rsna`: DICOM rows
   reversed, slices by increasing z, with a consistent header) or, with ``seg_layout="dicom"``, directly on
   the DICOM grid, and ``train.csv`` (made-up fracture flags, plus rows of studies without segmentation as in
   the real file). Every study is the same scan with its own UID.

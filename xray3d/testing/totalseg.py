@@ -38,7 +38,7 @@ def write_totalseg_subject(folder: str | Path, layout: str = "v2", example: Path
     Returns:
         The subject folder.
     """
-    from xray3d.data.totalseg import TASK_STRUCTURES, TOTALSEG_V2_IDS
+    from xray3d.data.sources.totalseg import TASK_STRUCTURES, TOTALSEG_V2_IDS
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")

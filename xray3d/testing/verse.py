@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -138,6 +139,14 @@ def legacy_centroids(ctd: Path, mask: Path) -> list[dict]:
     return out
 
 
+def _write_distinct_ct(ct: Path, path: Path, subject: str) -> None:
+    """Copy ``ct`` to ``path`` with voxel (0, 0, 0) set to a subject-specific value below -1024 HU."""
+    img = nib.load(ct)
+    data = np.asanyarray(img.dataobj).copy()
+    data[0, 0, 0] = -1025 - zlib.crc32(subject.encode()) % 1000
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+
+
 def write_verse_fixture(
     raw_dir: str | Path,
     layout: str = "bids",
@@ -145,8 +154,14 @@ def write_verse_fixture(
     ct: Path | None = None,
     mask: Path | None = None,
     ctd: Path | None = None,
+    distinct: bool = True,
 ) -> dict[str, dict[str, Path]]:
     """Write VerSe subjects (copies of the real sample) in one layout under ``raw_dir``.
+
+    Real subjects are different scans, and the preparation groups identical scans (duplicates) into one
+    split; so by default every subject's CT gets one corner voxel set below air (-1025 HU minus a number
+    derived from the subject id). The preparation clips the CT at -1024 HU, so the ROIs of all copies stay
+    identical while their raw scans differ.
 
     Args:
         raw_dir: raw dataset folder (created if missing).
@@ -156,6 +171,8 @@ def write_verse_fixture(
         ct: CT on the mask grid to copy (default: built once with :func:`ct_on_mask_grid`).
         mask: vertebra mask (default: the real sample mask).
         ctd: BIDS centroid json (default: the real sample's).
+        distinct: make every subject's CT a distinct scan (see above); False writes byte-identical copies
+            (duplicate scans).
 
     Returns:
         subject -> ``{"ct", "mask", "ctd"}`` paths written.
@@ -192,7 +209,10 @@ def write_verse_fixture(
             }
         for path in paths.values():
             path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ct, paths["ct"])
+        if distinct:
+            _write_distinct_ct(ct, paths["ct"], sub)
+        else:
+            shutil.copy(ct, paths["ct"])
         shutil.copy(mask, paths["mask"])
         if legacy is not None:
             paths["ctd"].write_text(legacy)

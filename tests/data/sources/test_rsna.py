@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from xray3d.data.io import DataError
 from xray3d.data.roi import PRESETS
-from xray3d.data.rsna import main, prepare_rsna, read_dicom_series, seg_on_dicom_grid
+from xray3d.data.sources.rsna import main, prepare_rsna, read_dicom_series, seg_on_dicom_grid
 from xray3d.data.verify import verify_dataset
 from xray3d.testing import FixtureUnavailable
 from xray3d.testing.rsna import LEVELS, STUDY_UIDS, fixture_volume, write_rsna_fixture, write_rsna_study

@@ -35,18 +35,20 @@ Task (reference ``preprocessing_vertebra_rsna.py``): one sample per vertebra lab
 label touches the scan border is skipped with its reason; the largest 26-connected component of each
 vertebra is kept; 96 mm ROI centred on that component's centroid, resampled to 64³ @ 1.5 mm
 (:data:`xray3d.data.roi.PRESETS` ``"vertebra"``), PIR, CT in HU, binary mask. Sample ids are
-``<StudyInstanceUID>_vert-<label>`` (VerSe numbering, :func:`xray3d.data.verse.level_name`). Manifest
+``<StudyInstanceUID>_vert-<label>`` (VerSe numbering, :func:`xray3d.data.sources.verse.level_name`). Manifest
 metadata: ``level``, ``level_group``, ``label``, ``fracture`` (1/0 from ``train.csv`` for C1-C7, empty for
 thoracic levels, which the competition did not grade), ``patient_overall`` and ``seg_layout``. The split is
 the reference subject-level protocol (test 0.15 then val 0.15, seed 12345; the reference evaluates on the
-test split). Outputs, resume, atomic writes and failure handling are those of :mod:`xray3d.data.preparation`.
+test split). Outputs, resume, atomic writes, failure handling, duplicate-scan detection and the ambiguity
+rule (two segmentation files for one study, e.g. ``<uid>.nii`` and ``<uid>.nii.gz``, refuse the study) are
+those of :mod:`xray3d.data.sources.base`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,25 +58,10 @@ import pandas as pd
 from nibabel import orientations as ornt
 from scipy import ndimage
 
-from xray3d.data.cli import add_prepare_arguments, run_prepare
-from xray3d.data.io import DataError, load_nifti, save_nifti_atomic
-from xray3d.data.preparation import (
-    digest,
-    integral_labels,
-    load_previous,
-    run_subjects,
-    skip_entry,
-    write_prepared,
-)
-from xray3d.data.roi import (
-    PRESETS,
-    crop_around,
-    extract_roi,
-    label_centroid_mm,
-    largest_component,
-)
-from xray3d.data.splits import load_split_lists
-from xray3d.data.verse import level_group, level_name
+from xray3d.data.io import DataError, load_nifti
+from xray3d.data.sources import base
+from xray3d.data.sources.base import Candidate, FileHit, Preparer, Scan, Skip, SubjectFiles
+from xray3d.data.sources.verse import level_group, level_name
 
 __all__ = [
     "prepare_rsna",
@@ -84,6 +71,7 @@ __all__ = [
     "find_studies",
     "KAGGLE_HINT",
     "MANIFEST_COLUMNS",
+    "RsnaPreparer",
     "main",
 ]
 
@@ -100,25 +88,9 @@ DECODER_HINT = (
 )
 VERTEBRA_LABELS = range(1, 20)  # 1-7 C1-C7, 8-19 T1-T12
 SEG_AFFINE_MODES = ("check", "ignore")
-MANIFEST_COLUMNS = [
-    "sample_id",
-    "subject",
-    "anatomy",
-    "level",
-    "level_group",
-    "label",
-    "fracture",
-    "patient_overall",
-    "seg_layout",
-    "split",
-    "source",
-    "spacing_mm",
-    "shape",
-    "voxels",
-    "ct_path",
-    "mask_path",
-]
-PREP_VERSION = 1
+MANIFEST_COLUMNS = base.manifest_columns(
+    "level", "level_group", "label", "fracture", "patient_overall", "seg_layout"
+)
 ORIENTATION_ATOL = 1e-4
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -324,7 +296,7 @@ def seg_on_dicom_grid(
             f"CT/segmentation geometry mismatch: {path.name} has shape {shape}, the DICOM series is "
             f"(columns, rows, slices) = {tuple(ct.shape)}"
         )
-    labels = integral_labels(seg, path)
+    labels = base.integral_labels(seg, path)
     tol = 0.5 * float(np.min(nib.affines.voxel_sizes(ct.affine)))
     trans = ornt.ornt_transform(nib.io_orientation(seg.affine), nib.io_orientation(ct.affine))
     moved = nib.Nifti1Image(labels, seg.affine).as_reoriented(trans)
@@ -375,232 +347,140 @@ def load_train_csv(path: Path) -> dict[str, dict[str, int]]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# one study (runs in a worker process)
+# the preparer
 
 
-def _process_study(job: dict[str, Any]) -> dict[str, Any]:
-    """Prepare every vertebra of one study; never raises (errors become failed entries)."""
-    subject = job["subject"]
-    try:
-        rows, skipped = _study_samples(job)
-    except DataError as exc:
-        return {"subject": subject, "rows": [], "skipped": [skip_entry(subject, subject, str(exc), True)]}
-    except Exception as exc:  # one bad study must not stop the others
-        reason = f"{type(exc).__name__}: {exc}"
-        return {"subject": subject, "rows": [], "skipped": [skip_entry(subject, subject, reason, True)]}
-    return {"subject": subject, "rows": rows, "skipped": skipped}
+def _hits(raw_dir: Path) -> Iterator[FileHit]:
+    seg_dir = raw_dir / "segmentations"
+    if seg_dir.is_dir():
+        for path in sorted(seg_dir.iterdir()):
+            for suffix in (".nii.gz", ".nii"):
+                if path.is_file() and path.name.endswith(suffix) and not path.name.startswith("."):
+                    yield FileHit(path.name[: -len(suffix)], "seg", "", path)
+                    break
 
 
-def _study_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
-    subject, out_dir, done = job["subject"], Path(job["out_dir"]), job["done"]
-    raw_dir, seg_path = Path(job["raw_dir"]), Path(job["seg"])
-    series = raw_dir / "train_images" / subject
-    if not series.is_dir():
-        raise DataError(
-            f"missing DICOM series: expected train_images/{subject}/ under {raw_dir}; {KAGGLE_HINT}"
-        )
-    seg = load_nifti(seg_path, "segmentation")
-    ct = read_dicom_series(series, raw_dir)
-    labels, layout = seg_on_dicom_grid(seg, ct, seg_path, job["seg_affine"])
-    preset = PRESETS["vertebra"]
-    boxes = ndimage.find_objects(np.where((labels >= 1) & (labels <= max(VERTEBRA_LABELS)), labels, 0))
+def find_studies(raw_dir: Path) -> dict[str, Path | None]:
+    """StudyInstanceUID -> segmentation file, for every ``segmentations/<uid>.nii[.gz]`` (None for a study
+    with two segmentation files: the preparation refuses it, naming both)."""
+    if not raw_dir.is_dir():
+        raise DataError(f"raw RSNA folder not found: {raw_dir}; {KAGGLE_HINT}")
+    return {uid: f.files["seg"] for uid, f in base.resolve_files(_hits(raw_dir), ("seg",), raw_dir).items()}
 
-    rows, skipped = [], []
-    for label, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        sample_id = f"{subject}_vert-{label}"
-        if sample_id in done:
-            rows.append(done[sample_id])
-            continue
-        lo = np.array([s.start for s in box])
-        hi = np.array([s.stop for s in box])
-        if (lo == 0).any() or (hi == np.array(labels.shape)).any():
-            skipped.append(skip_entry(subject, sample_id, f"{level_name(label)} touches the scan border"))
-            continue
-        sub = largest_component(labels[box] == label)
-        aff = ct.affine.copy()
-        aff[:3, 3] = ct.affine[:3, :3] @ lo + ct.affine[:3, 3]
-        centre = label_centroid_mm(sub, aff)
-        mask = np.zeros(labels.shape, dtype=bool)
-        mask[box] = sub
-        ct_crop, mask_crop = crop_around(ct, mask, centre, preset.grid_size, preset.spacing_mm)
-        if ct_crop is None:
-            skipped.append(skip_entry(subject, sample_id, "the ROI cube misses the scan"))
-            continue
-        ct_roi, msk_roi = extract_roi(ct_crop, mask_crop, centre, preset.grid_size, preset.spacing_mm)
-        voxels = int(np.asarray(msk_roi.dataobj).sum())
-        if voxels == 0:
-            skipped.append(skip_entry(subject, sample_id, "empty mask after ROI extraction"))
-            continue
-        rel_ct, rel_msk = f"vertebra/{sample_id}_ct.nii.gz", f"vertebra/{sample_id}_msk.nii.gz"
-        save_nifti_atomic(ct_roi, out_dir / rel_ct)
-        save_nifti_atomic(msk_roi, out_dir / rel_msk)
-        rows.append(
-            {
-                "sample_id": sample_id,
-                "subject": subject,
-                "anatomy": "vertebra",
+
+class RsnaPreparer(Preparer):
+    """RSNA 2022 cervical spine: one vertebra ROI per segmented label (see the module docstring)."""
+
+    name = "rsna cervical"
+    anatomy = "vertebra"
+    kinds = ("seg",)
+    manifest_columns = MANIFEST_COLUMNS
+    raw_help = "unzipped competition data (train_images/, segmentations/)"
+    out_example = "data/rsna_cervical"
+
+    cli_options = {
+        "--ignore-seg-affine": {
+            "dest": "seg_affine",
+            "action": "store_const",
+            "const": "ignore",
+            "default": "check",
+            "help": "assume RSNA's documented segmentation layout when the NIfTI header matches no layout",
+        }
+    }
+
+    no_files_hint = f"missing segmentations: expected segmentations/<StudyInstanceUID>.nii; {KAGGLE_HINT}"
+
+    def __init__(
+        self, raw_dir: str | Path, out_dir: str | Path, *, seg_affine: str = "check", **common: Any
+    ) -> None:
+        """RSNA options (the common ones: :class:`~xray3d.data.sources.base.Preparer`).
+
+        Args:
+            raw_dir: the unzipped competition data (``train_images/``, ``segmentations/``, ``train.csv``).
+            out_dir: output cache directory.
+            seg_affine: ``"check"`` the segmentation header against the DICOM grid, or ``"ignore"`` it (see
+                the module docstring).
+            **common: options of every source.
+        """
+        if seg_affine not in SEG_AFFINE_MODES:
+            raise ValueError(f"seg_affine must be one of {SEG_AFFINE_MODES}, got {seg_affine!r}")
+        super().__init__(raw_dir, out_dir, **common)
+        self.seg_affine = seg_affine
+        self.train_csv = self.raw_dir / "train.csv"
+        self.table: dict[str, dict[str, int]] = {}
+
+    def find_files(self) -> Iterator[FileHit]:
+        return _hits(self.raw_dir)
+
+    def discover(self) -> dict[str, SubjectFiles]:
+        studies = super().discover()
+        self.table = load_train_csv(self.train_csv)
+        unlisted = sorted(set(studies) - set(self.table))
+        if unlisted:
+            log.warning(
+                "%d segmented studies are not in train.csv (no fracture flags): %s", len(unlisted), unlisted
+            )
+        return studies
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "task": "rsna_cervical", "seg_affine": self.seg_affine}
+
+    def split_extra(self) -> dict[str, Any]:
+        return {"train_csv": hashlib.sha1(self.train_csv.read_bytes()).hexdigest()[:12]}
+
+    def source_of(self, subject: str, files: dict[str, Path | None]) -> str:
+        return f"train_images/{subject}/"
+
+    def annotate(self, row: dict[str, Any]) -> None:
+        flags = self.table.get(row["subject"])
+        label = int(row["label"])
+        row["patient_overall"] = flags["patient_overall"] if flags else ""
+        row["fracture"] = flags[f"C{label}"] if flags and 1 <= label <= 7 else ""
+
+    def load(self, job: dict[str, Any]) -> Scan:
+        subject, seg_path = job["subject"], Path(job["files"]["seg"])
+        series = self.raw_dir / "train_images" / subject
+        if not series.is_dir():
+            raise DataError(
+                f"missing DICOM series: expected train_images/{subject}/ under {self.raw_dir}; {KAGGLE_HINT}"
+            )
+        seg = load_nifti(seg_path, "segmentation", raw=True)
+        ct = read_dicom_series(series, self.raw_dir)
+        labels, layout = seg_on_dicom_grid(seg, ct, seg_path, self.seg_affine)
+        return Scan(ct, {"labels": labels, "layout": layout, "seg": seg_path.name})
+
+    def samples(self, job: dict[str, Any], scan: Scan) -> Iterator[Candidate | Skip]:
+        subject, labels = job["subject"], scan.data["labels"]
+        boxes = ndimage.find_objects(np.where((labels >= 1) & (labels <= max(VERTEBRA_LABELS)), labels, 0))
+        if all(box is None for box in boxes):
+            raise DataError(f"segmentation {scan.data['seg']} holds no vertebra label (1-19)")
+        for label, box in enumerate(boxes, start=1):
+            if box is None:
+                continue
+            sample_id = f"{subject}_vert-{label}"
+            lo = np.array([s.start for s in box])
+            hi = np.array([s.stop for s in box])
+            if (lo == 0).any() or (hi == np.array(labels.shape)).any():
+                yield Skip(sample_id, f"{level_name(label)} touches the scan border")
+                continue
+            mask, centre = base.label_component(labels, label, box, scan.ct.affine)
+            meta = {
                 "level": level_name(label),
                 "level_group": level_group(label),
                 "label": label,
                 "fracture": "",
                 "patient_overall": "",
-                "seg_layout": layout,
-                "split": "",
-                "source": f"train_images/{subject}/",
-                "spacing_mm": preset.spacing_mm,
-                "shape": "x".join([str(preset.grid_size)] * 3),
-                "voxels": voxels,
-                "ct_path": rel_ct,
-                "mask_path": rel_msk,
+                "seg_layout": scan.data["layout"],
             }
-        )
-    if not rows and not skipped:
-        raise DataError(f"segmentation {seg_path.name} holds no vertebra label (1-19)")
-    return rows, skipped
+            yield Candidate(sample_id, mask, centre, meta, crop=True)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# driver
+#: ``prepare_rsna(raw_dir, out_dir, ...)``: see :meth:`RsnaPreparer.run` and the constructor's options
+prepare_rsna = RsnaPreparer.run
 
 
-def find_studies(raw_dir: Path) -> dict[str, Path]:
-    """StudyInstanceUID -> segmentation file, for every ``segmentations/<uid>.nii[.gz]``."""
-    if not raw_dir.is_dir():
-        raise DataError(f"raw RSNA folder not found: {raw_dir}; {KAGGLE_HINT}")
-    seg_dir = raw_dir / "segmentations"
-    found: dict[str, Path] = {}
-    if seg_dir.is_dir():
-        for path in sorted(seg_dir.iterdir()):
-            for suffix in (".nii.gz", ".nii"):
-                if path.is_file() and path.name.endswith(suffix) and not path.name.startswith("."):
-                    found.setdefault(path.name[: -len(suffix)], path)
-    if not found:
-        raise DataError(
-            f"missing segmentations: no segmentations/<StudyInstanceUID>.nii under {raw_dir}; {KAGGLE_HINT}"
-        )
-    return found
-
-
-def prepare_rsna(
-    raw_dir: str | Path,
-    out_dir: str | Path,
-    workers: int = 1,
-    force: bool = False,
-    split_seed: int = 12345,
-    split_lists: str | Path | None = None,
-    *,
-    seg_affine: str = "check",
-    progress: bool = True,
-) -> Path:
-    """Prepare RSNA 2022 vertebra ROIs (idempotent, resumable, atomic, parallel over studies).
-
-    Args:
-        raw_dir: the unzipped competition data (``train_images/``, ``segmentations/``, ``train.csv``).
-        out_dir: output cache directory.
-        workers: worker processes (1 = in this process).
-        force: redo every sample.
-        split_seed: random state of the subject-level split (spec §2.5).
-        split_lists: reference split lists to import instead (see :func:`load_split_lists`).
-        seg_affine: ``"check"`` the segmentation header against the DICOM grid, or ``"ignore"`` it (see the
-            module docstring).
-        progress: show a progress bar.
-
-    Returns:
-        Path of ``manifest.csv`` (possibly with no rows; reasons in ``manifest.json`` / ``report.csv``).
-    """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if seg_affine not in SEG_AFFINE_MODES:
-        raise ValueError(f"seg_affine must be one of {SEG_AFFINE_MODES}, got {seg_affine!r}")
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    preset = PRESETS["vertebra"]
-    settings = {
-        "version": PREP_VERSION,
-        "task": "rsna_cervical",
-        "roi": [preset.roi_mm, preset.grid_size],
-        "seg_affine": seg_affine,
-    }
-    settings_digest = digest(settings)
-    studies = find_studies(raw_dir)
-    train_csv = raw_dir / "train.csv"
-    table = load_train_csv(train_csv)
-    assignment = load_split_lists(split_lists) if split_lists else None
-    split_settings = {
-        "seed": split_seed,
-        "test": 0.15,
-        "val": 0.15,
-        "lists": assignment,
-        "train_csv": hashlib.sha1(train_csv.read_bytes()).hexdigest()[:12],
-    }
-    manifest_csv = out_dir / "manifest.csv"
-    unlisted = sorted(set(studies) - set(table))
-    if unlisted:
-        log.warning(
-            "%d segmented studies are not in train.csv (no fracture flags): %s", len(unlisted), unlisted
-        )
-
-    previous = load_previous(out_dir, settings_digest, studies, split_settings, force)
-    if previous.up_to_date:
-        log.info("rsna cervical already prepared in %s", out_dir)
-        return manifest_csv
-    jobs = [
-        {
-            "subject": uid,
-            "seg": str(seg),
-            "raw_dir": str(raw_dir),
-            "out_dir": str(out_dir),
-            "seg_affine": seg_affine,
-            "done": {r["sample_id"]: r for r in previous.rows.get(uid, [])},
-        }
-        for uid, seg in studies.items()
-        if uid not in previous.settled
-    ]
-    results, elapsed = run_subjects(jobs, _process_study, workers, "rsna cervical", progress)
-
-    def annotate(row: dict) -> None:
-        flags = table.get(row["subject"])
-        label = int(row["label"])
-        row["patient_overall"] = flags["patient_overall"] if flags else ""
-        row["fracture"] = flags[f"C{label}"] if flags and 1 <= label <= 7 else ""
-
-    meta = {
-        "digest": settings_digest,
-        "settings": settings,
-        "split": split_settings,
-        "raw_dir": str(raw_dir),
-        "subjects": sorted(studies),
-    }
-    write_prepared(
-        out_dir, results, previous, MANIFEST_COLUMNS, meta, assignment, split_seed, workers, elapsed, annotate
-    )
-    return manifest_csv
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``xray3d-prepare-rsna --raw RAW --out OUT [--workers N] [--ignore-seg-affine]``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_prepare_arguments(
-        parser, "unzipped competition data (train_images/, segmentations/)", "data/rsna_cervical"
-    )
-    parser.add_argument(
-        "--ignore-seg-affine",
-        action="store_true",
-        help="assume RSNA's documented segmentation layout when the NIfTI header matches no layout",
-    )
-    args = parser.parse_args(argv)
-    return run_prepare(
-        lambda: prepare_rsna(
-            args.raw,
-            args.out,
-            workers=args.workers,
-            force=args.force,
-            split_seed=args.split_seed,
-            split_lists=args.split_lists,
-            seg_affine="ignore" if args.ignore_seg_affine else "check",
-        )
-    )
+#: ``xray3d-prepare-rsna``: the command-line entry point
+main = RsnaPreparer.main
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from xray3d.data.roi import PRESETS
-from xray3d.data.totalseg import TASK_STRUCTURES, TOTALSEG_V2_IDS, main, prepare_totalseg
+from xray3d.data.sources.totalseg import TASK_STRUCTURES, TOTALSEG_V2_IDS, main, prepare_totalseg
 from xray3d.testing.totalseg import example_dir, write_totalseg_subject
 
 EXAMPLE = example_dir()
@@ -274,3 +274,20 @@ def test_split_lists_and_cli(raw, tmp_path, capsys):
     assert main(["--task", "hip", "--raw", str(raw), "--out", str(tmp_path / "cli")]) == 1  # all rejected
     assert "samples/min" in capsys.readouterr().out
     assert (tmp_path / "cli" / "report.csv").is_file()
+
+
+def test_two_candidates_for_one_file_refuse_the_subject(tmp_path):
+    """``seg.nii.gz`` beside a v1 ``segmentations/`` folder: which one is meant? Refused, both named."""
+    raw = tmp_path / "raw"
+    _write_v2(raw / "s0001")
+    _write_v1(raw / "s0003")
+    shutil.copy(raw / "s0001" / "seg.nii.gz", raw / "s0003" / "seg.nii.gz")
+    out = tmp_path / "out"
+    path = prepare_totalseg(raw, out, "hip", **RELAXED)
+    assert list(pd.read_csv(path)["sample_id"]) == ["s0001_hip"]
+    report = pd.read_csv(out / "report.csv").set_index("subject")
+    assert report.loc["s0003", "status"] == "failed"
+    assert report.loc["s0003", "reason"] == (
+        "ambiguous subject: several files of one kind (seg: s0003/seg.nii.gz, s0003/segmentations); "
+        "keep one and run again"
+    )

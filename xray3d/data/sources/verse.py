@@ -10,12 +10,16 @@ file names, so all work and may be mixed in one tree):
 * pre-BIDS (the original MICCAI 2019 challenge release, verse2020.grand-challenge.org/VerSe_at_MICCAI19):
   ``verse004.nii.gz`` (CT), ``verse004_seg.nii.gz`` (mask) and ``verse004_ctd.json`` (centroids) side by
   side; the subject id becomes ``sub-verse004``. A subject present in both BIDS and pre-BIDS form uses one
-  layout only (the complete one; BIDS when both are), never a mix of the two.
+  layout only (the complete one; a subject complete in both is refused as ambiguous), never a mix.
 
 One sample per vertebra with a centroid in the ctd file (the reference's ``extract_around_centroid_v2``):
 a 96 mm ROI resampled to 64³ @ 1.5 mm (:data:`xray3d.data.roi.PRESETS` ``"vertebra"``), PIR, CT in HU,
 centred on the centroid; the target is that vertebra's label only, as a binary mask (largest connected
 component; the reference keeps the label value, e.g. 16, we store {0, 1} like every other anatomy).
+A label of the mask without a ctd entry is not dropped: its ROI is centred on the centroid of its largest
+connected component, and ``centroid_source`` (``ctd`` / ``mask``, in ``manifest.csv`` and
+``manifest.json``) and the note in ``report.csv`` say so (a mask centroid lies some 10 mm posterior to the
+vertebral-body centroid of a ctd file).
 Sample ids are ``<sub>_vert-<label>``.
 
 Centroids: in BIDS files the first ctd entry gives the axis directions (e.g. ``["P", "I", "R"]``); the
@@ -28,23 +32,24 @@ i.e. the directions (I, P, L) (:data:`PREBIDS_DIRECTION`); we divide by that fra
 voxel index = mm / spacing, the first voxel centre at 0 mm; the page does not say whether 0 mm is the first
 voxel's centre or its outer edge, a half-voxel ambiguity) and proceed as above.
 
-Masks with float labels are rounded (non-integral ones are refused). Outputs, resume logic (settings digest)
-and failure handling follow :mod:`xray3d.data.totalseg`: ``vertebra/<sample_id>_ct.nii.gz`` / ``_msk.nii.gz``,
-``manifest.csv`` (:data:`MANIFEST_COLUMNS`), ``report.csv`` and ``manifest.json``, written atomically.
-Subjects with a missing, corrupt or mismatched file are marked ``failed`` and retried by the next run; a
-centroid whose label is absent from the mask, or an ROI with an empty mask, is skipped for good.
-Fracture grades/shapes (spec §7) come from the VerSe appendix (:func:`load_fracture_table`) and the split
+Masks with float labels are rounded (non-integral ones are refused). Outputs, resume, atomic writes,
+failure handling, the ambiguity rule (a subject's files come from one copy: one folder, with BIDS
+``rawdata/<sub>/`` + ``derivatives/<sub>/`` counted as one, and one layout) and duplicate-scan detection
+are those of :mod:`xray3d.data.sources.base`: ``vertebra/<sample_id>_ct.nii.gz`` / ``_msk.nii.gz``,
+``manifest.csv`` (:data:`MANIFEST_COLUMNS`), ``report.csv`` and ``manifest.json``. Subjects with a missing,
+corrupt or mismatched file are marked ``failed`` and retried by the next run; a centroid whose label is
+absent from the mask, or an ROI with an empty mask, is skipped for good. Fracture grades/shapes (spec §7)
+come from the VerSe appendix (:func:`load_fracture_table`) and the split
 (:func:`xray3d.data.splits.reference_split`, by subject) are recomputed on every run.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +57,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from nibabel import orientations as ornt
+from scipy import ndimage
 
-from xray3d.data.cli import add_prepare_arguments, run_prepare
-from xray3d.data.io import DataError, load_nifti, save_nifti_atomic
-from xray3d.data.preparation import (
-    check_geometry,
-    digest,
-    integral_labels,
-    load_previous,
-    run_subjects,
-    skip_entry,
-    write_prepared,
-)
-from xray3d.data.roi import PRESETS, crop_around, extract_roi, largest_component
-from xray3d.data.splits import load_split_lists
+from xray3d.data.io import DataError
+from xray3d.data.sources import base
+from xray3d.data.sources.base import Candidate, FileHit, Preparer, Scan, Skip
 
 __all__ = [
     "prepare_verse",
@@ -80,6 +76,7 @@ __all__ = [
     "level_group",
     "verse_number",
     "MANIFEST_COLUMNS",
+    "VersePreparer",
     "main",
 ]
 
@@ -98,24 +95,9 @@ PREBIDS_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 PREBIDS_DIRECTION = ("I", "P", "L")  # X: S->I, Y: A->P, Z: R->L (nibabel codes name where an axis goes)
 FRACTURE_SHEET = "VerSe_dataset"
-MANIFEST_COLUMNS = [
-    "sample_id",
-    "subject",
-    "anatomy",
-    "level",
-    "level_group",
-    "label",
-    "fracture_grade",
-    "fracture_shape",
-    "split",
-    "source",
-    "spacing_mm",
-    "shape",
-    "voxels",
-    "ct_path",
-    "mask_path",
-]
-PREP_VERSION = 1
+MANIFEST_COLUMNS = base.manifest_columns(
+    "level", "level_group", "label", "centroid_source", "fracture_grade", "fracture_shape"
+)
 GRADES = {"0": "none", "1": "mild", "2": "moderate", "3": "severe", "x": "foreign"}
 SHAPES = {"0": "none", "1": "wedge", "2": "biconcave", "3": "crush", "x": "foreign"}
 TABLE_LEVELS = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 7)]
@@ -313,92 +295,7 @@ def centroids_world(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# one subject (runs in a worker process)
-
-
-def _process_subject(job: dict[str, Any]) -> dict[str, Any]:
-    """Prepare every vertebra of one subject; never raises (errors become failed entries)."""
-    subject = job["subject"]
-    try:
-        rows, skipped = _subject_samples(job)
-    except DataError as exc:
-        return {"subject": subject, "rows": [], "skipped": [skip_entry(subject, subject, str(exc), True)]}
-    except Exception as exc:  # one bad subject must not stop the others
-        reason = f"{type(exc).__name__}: {exc}"
-        return {"subject": subject, "rows": [], "skipped": [skip_entry(subject, subject, reason, True)]}
-    return {"subject": subject, "rows": rows, "skipped": skipped}
-
-
-def _subject_samples(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
-    subject, out_dir, done = job["subject"], Path(job["out_dir"]), job["done"]
-    files = {k: (Path(v) if v else None) for k, v in job["files"].items()}
-    missing = [k for k in ("ct", "mask", "ctd") if files[k] is None]
-    if missing:
-        what = {"ct": "CT", "mask": "vertebra mask", "ctd": "centroid file"}
-        names = ", ".join(f"{what[k]} ({expected_name(subject, k, job['layout'])})" for k in missing)
-        found = ", ".join(f"{files[k].name}" for k in ("ct", "mask", "ctd") if files[k] is not None)
-        raise DataError(f"missing {names} (found only {found} for {subject})")
-    preset = PRESETS["vertebra"]
-    direction, cents, units = read_ctd_units(files["ctd"])
-    if not cents:
-        raise DataError(f"centroid file {files['ctd'].name} lists no vertebra")
-    mask_img = load_nifti(files["mask"], "vertebra mask")
-    ct = load_nifti(files["ct"], "CT")
-    if len(ct.shape) != 3:
-        raise DataError(f"CT {files['ct'].name} is not a 3D volume (shape {ct.shape})")
-    check_geometry(ct, mask_img, files["mask"])
-    if not np.isfinite(np.asanyarray(ct.dataobj)).all():
-        raise DataError(f"CT {files['ct'].name} contains NaN/inf voxels")
-    labels = integral_labels(mask_img, files["mask"])
-    present = set(np.unique(labels).tolist())
-    centres = centroids_world(direction, cents, mask_img.affine, mask_img.shape, units)
-
-    rows, skipped = [], []
-    for label, centre in sorted(centres.items()):
-        sample_id = f"{subject}_vert-{label}"
-        if sample_id in done:
-            rows.append(done[sample_id])
-            continue
-        if label not in present:
-            skipped.append(skip_entry(subject, sample_id, f"centroid label {label} absent from the mask"))
-            continue
-        ct_crop, lab_crop = crop_around(ct, labels, centre, preset.grid_size, preset.spacing_mm)
-        if ct_crop is None or not (lab_crop == label).any():
-            skipped.append(skip_entry(subject, sample_id, "empty mask after ROI extraction"))
-            continue
-        mask = largest_component(lab_crop == label)
-        ct_roi, msk_roi = extract_roi(ct_crop, mask, centre, preset.grid_size, preset.spacing_mm)
-        voxels = int(np.asarray(msk_roi.dataobj).sum())
-        if voxels == 0:
-            skipped.append(skip_entry(subject, sample_id, "empty mask after ROI extraction"))
-            continue
-        rel_ct, rel_msk = f"vertebra/{sample_id}_ct.nii.gz", f"vertebra/{sample_id}_msk.nii.gz"
-        save_nifti_atomic(ct_roi, out_dir / rel_ct)
-        save_nifti_atomic(msk_roi, out_dir / rel_msk)
-        rows.append(
-            {
-                "sample_id": sample_id,
-                "subject": subject,
-                "anatomy": "vertebra",
-                "level": level_name(label),
-                "level_group": level_group(label),
-                "label": label,
-                "fracture_grade": "",
-                "fracture_shape": "",
-                "split": "",
-                "source": job["source"],
-                "spacing_mm": preset.spacing_mm,
-                "shape": "x".join([str(preset.grid_size)] * 3),
-                "voxels": voxels,
-                "ct_path": rel_ct,
-                "mask_path": rel_msk,
-            }
-        )
-    return rows, skipped
-
-
-# ----------------------------------------------------------------------------------------------------------
-# driver
+# discovery
 
 
 def _match(name: str) -> tuple[str, str, str] | None:
@@ -428,152 +325,161 @@ def expected_name(subject: str, kind: str, layout: str) -> str:
     return f"{subject}{SUFFIXES[kind][0]}"
 
 
+def _location(path: Path, subject: str, layout: str) -> str:
+    """The copy of a subject a file belongs to: its folder, with BIDS ``rawdata/<sub>/`` and
+    ``derivatives/<sub>/`` merged into their dataset root, and the layout (never mixed)."""
+    folder = path.parent
+    if folder.name == subject:
+        folder = folder.parent
+    if folder.name in ("rawdata", "derivatives"):
+        folder = folder.parent
+    return f"{folder}|{layout}"
+
+
+def _hits(raw_dir: Path) -> Iterator[FileHit]:
+    for path in base.visible_files(raw_dir):
+        hit = _match(path.name)
+        if hit is not None:
+            subject, kind, layout = hit
+            yield FileHit(subject, kind, _location(path, subject, layout), path)
+
+
 def find_subjects(raw_dir: Path) -> dict[str, dict[str, Path | None]]:
-    """Subject id -> ``{"ct", "mask", "ctd"}`` file (None when missing), from a recursive glob.
+    """Subject id -> ``{"ct", "mask", "ctd"}`` file (None when missing or ambiguous), from a recursive glob.
 
     BIDS (``<sub>_ct.nii.gz``, ...) and pre-BIDS (``verseNNN.nii.gz``, ``verseNNN_seg.nii.gz``,
     ``verseNNN_ctd.json``, subject ``sub-verseNNN``) names are recognised. A subject is any id with at least
-    one of the three files; within a layout the first match in sorted path order wins. A subject found in
-    both layouts takes all its files from one: the one with more of the three files, BIDS on a tie.
+    one of the three files. Its files are taken together from one copy (folder and layout), under the rule
+    of :func:`xray3d.data.sources.base.resolve_files`: a subject whose files are spread over several copies
+    uses the only complete one, and is refused (all None here, the reason in ``report.csv``) otherwise.
     """
     if not raw_dir.is_dir():
         raise DataError(f"raw VerSe folder not found: {raw_dir}")
-    found: dict[str, dict[str, dict[str, Path | None]]] = {}
-    for path in sorted(raw_dir.rglob("*")):
-        rel = path.relative_to(raw_dir)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue
-        hit = _match(path.name)
-        if hit is None:
-            continue
-        subject, kind, layout = hit
-        entry = found.setdefault(subject, {}).setdefault(layout, dict.fromkeys(SUFFIXES))
-        if entry[kind] is None:
-            entry[kind] = path
-    subjects: dict[str, dict[str, Path | None]] = {}
-    for subject, layouts in found.items():
-        count = {lay: sum(v is not None for v in files.values()) for lay, files in layouts.items()}
-        best = max(sorted(layouts), key=lambda lay: (count[lay], lay == "bids"))
-        if len(layouts) > 1:
-            log.info("%s found in BIDS and pre-BIDS form; using the %s files", subject, best)
-        subjects[subject] = layouts[best]
-    return dict(sorted(subjects.items()))
+    return {s: f.files for s, f in base.resolve_files(_hits(raw_dir), tuple(SUFFIXES), raw_dir).items()}
 
 
-def _file_digest(path: Path | None) -> str | None:
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path is not None else None
+# ----------------------------------------------------------------------------------------------------------
+# the preparer
 
 
-def prepare_verse(
-    raw_dir: str | Path,
-    out_dir: str | Path,
-    workers: int = 1,
-    force: bool = False,
-    split_seed: int = 12345,
-    split_lists: str | Path | None = None,
-    fracture_table: str | Path | None = None,
-    *,
-    progress: bool = True,
-) -> Path:
-    """Prepare VerSe 2019 vertebra ROIs (idempotent, resumable, atomic, parallel over subjects).
+def _labels_present(labels: np.ndarray) -> list[int]:
+    """Positive labels of a label map (a bincount: much faster than ``np.unique`` on a whole scan)."""
+    if labels.size and (labels.min() < 0 or labels.max() > 65535):
+        return [int(v) for v in np.unique(labels) if v > 0]
+    return [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(order="K"))) if v > 0]
 
-    Args:
-        raw_dir: VerSe folder (BIDS-like, flat or pre-BIDS layout, see the module docstring).
-        out_dir: output cache directory.
-        workers: worker processes (1 = in this process).
-        force: redo every sample.
-        split_seed: random state of the subject-level split (spec §2.5).
-        split_lists: reference split lists to import instead (see :func:`load_split_lists`); subjects not
-            listed get split ``"unlisted"``.
-        fracture_table: VerSe appendix, ``.xlsx`` or its sheet exported as CSV
-            (:func:`load_fracture_table`); None leaves the fracture columns empty.
-        progress: show a progress bar.
 
-    Returns:
-        Path of ``manifest.csv`` (possibly with no rows; reasons in ``manifest.json`` / ``report.csv``).
-    """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    preset = PRESETS["vertebra"]
-    settings = {"version": PREP_VERSION, "task": "verse2019", "roi": [preset.roi_mm, preset.grid_size]}
-    settings_digest = digest(settings)
-    assignment = load_split_lists(split_lists) if split_lists else None
-    table_path = Path(fracture_table) if fracture_table else None
-    table = load_fracture_table(table_path) if table_path else None
-    split_settings = {
-        "seed": split_seed,
-        "test": 0.15,
-        "val": 0.15,
-        "lists": assignment,
-        "fracture_table": _file_digest(table_path),
-    }
-    manifest_csv = out_dir / "manifest.csv"
-    subjects = find_subjects(raw_dir)
-    if not subjects:
-        raise DataError(
-            f"no VerSe file (*_ct.nii.gz, *_seg-vert_msk.nii.gz, *_seg-subreg_ctd.json, or pre-BIDS "
-            f"verseNNN.nii.gz, verseNNN_seg.nii.gz, verseNNN_ctd.json) in {raw_dir}"
-        )
+class VersePreparer(Preparer):
+    """VerSe 2019: one vertebra ROI per label of the mask (see the module docstring)."""
 
-    previous = load_previous(out_dir, settings_digest, subjects, split_settings, force)
-    if previous.up_to_date:
-        log.info("verse2019 already prepared in %s", out_dir)
-        return manifest_csv
-    jobs = [
-        {
-            "subject": subj,
-            "files": {k: (str(v) if v else None) for k, v in files.items()},
-            "layout": subject_layout(files),
-            "source": str(files["ct"].relative_to(raw_dir)) if files["ct"] else "",
-            "out_dir": str(out_dir),
-            "done": {r["sample_id"]: r for r in previous.rows.get(subj, [])},
+    name = "verse2019"
+    anatomy = "vertebra"
+    version = 2  # 2: mask labels without a ctd entry are prepared (centroid_source), no longer dropped
+    kinds = tuple(SUFFIXES)
+    manifest_columns = MANIFEST_COLUMNS
+    raw_help = "VerSe 2019 folder (rawdata/ + derivatives/, flat, or pre-BIDS names)"
+    out_example = "data/verse2019"
+
+    cli_options = {
+        "--fracture-table": {
+            "dest": "fracture_table",
+            "help": "VerSe appendix .xlsx (sheet 'VerSe_dataset') or that sheet as CSV",
         }
-        for subj, files in subjects.items()
-        if subj not in previous.settled
-    ]
-    results, elapsed = run_subjects(jobs, _process_subject, workers, "verse2019", progress)
-
-    def annotate(row: dict) -> None:
-        row["fracture_grade"], row["fracture_shape"] = _fracture(table, row["subject"], int(row["label"]))
-
-    meta = {
-        "digest": settings_digest,
-        "settings": settings,
-        "split": split_settings,
-        "raw_dir": str(raw_dir),
-        "fracture_table": str(table_path) if table_path else None,
-        "subjects": sorted(subjects),
     }
-    write_prepared(
-        out_dir, results, previous, MANIFEST_COLUMNS, meta, assignment, split_seed, workers, elapsed, annotate
-    )
-    return manifest_csv
 
+    no_files_hint = (
+        "expected *_ct.nii.gz, *_seg-vert_msk.nii.gz, *_seg-subreg_ctd.json, or pre-BIDS verseNNN.nii.gz, "
+        "verseNNN_seg.nii.gz, verseNNN_ctd.json"
+    )
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m xray3d.data.verse --raw RAW --out OUT [--workers N] [--fracture-table CSV]``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_prepare_arguments(
-        parser, "VerSe 2019 folder (rawdata/ + derivatives/, flat, or pre-BIDS names)", "data/verse2019"
-    )
-    parser.add_argument(
-        "--fracture-table",
-        default=None,
-        help="VerSe appendix .xlsx (sheet 'VerSe_dataset') or that sheet as CSV",
-    )
-    args = parser.parse_args(argv)
-    return run_prepare(
-        lambda: prepare_verse(
-            args.raw,
-            args.out,
-            workers=args.workers,
-            force=args.force,
-            split_seed=args.split_seed,
-            split_lists=args.split_lists,
-            fracture_table=args.fracture_table,
+    def __init__(
+        self,
+        raw_dir: str | Path,
+        out_dir: str | Path,
+        *,
+        fracture_table: str | Path | None = None,
+        **common: Any,
+    ) -> None:
+        """VerSe options (the common ones: :class:`~xray3d.data.sources.base.Preparer`).
+
+        Args:
+            raw_dir: VerSe folder (BIDS-like, flat or pre-BIDS layout, see the module docstring).
+            out_dir: output cache directory.
+            fracture_table: VerSe appendix, ``.xlsx`` or its sheet exported as CSV
+                (:func:`load_fracture_table`); None leaves the fracture columns empty.
+            **common: options of every source.
+        """
+        super().__init__(raw_dir, out_dir, **common)
+        self.table_path = Path(fracture_table) if fracture_table else None
+        self.table = load_fracture_table(self.table_path) if self.table_path else None
+
+    def find_files(self) -> Iterator[FileHit]:
+        return _hits(self.raw_dir)
+
+    def split_extra(self) -> dict[str, Any]:
+        return {"fracture_table": base.file_digest(self.table_path)}
+
+    def meta_extra(self) -> dict[str, Any]:
+        return {"fracture_table": str(self.table_path) if self.table_path else None}
+
+    def job_extra(self, subject: str, files: dict[str, Path | None]) -> dict[str, Any]:
+        return {"layout": subject_layout(files)}
+
+    def annotate(self, row: dict[str, Any]) -> None:
+        row["fracture_grade"], row["fracture_shape"] = _fracture(
+            self.table, row["subject"], int(row["label"])
         )
-    )
+
+    def load(self, job: dict[str, Any]) -> Scan:
+        subject = job["subject"]
+        files = {k: (Path(v) if v else None) for k, v in job["files"].items()}
+        missing = [k for k in self.kinds if files[k] is None]
+        if missing:
+            what = {"ct": "CT", "mask": "vertebra mask", "ctd": "centroid file"}
+            names = ", ".join(f"{what[k]} ({expected_name(subject, k, job['layout'])})" for k in missing)
+            found = ", ".join(f"{files[k].name}" for k in self.kinds if files[k] is not None)
+            raise DataError(f"missing {names} (found only {found} for {subject})")
+        direction, cents, units = read_ctd_units(files["ctd"])
+        if not cents:
+            raise DataError(f"centroid file {files['ctd'].name} lists no vertebra")
+        ct = base.load_ct(files["ct"])
+        labels, mask_affine = base.load_labels(ct, files["mask"], "vertebra mask")
+        centres = centroids_world(direction, cents, mask_affine, labels.shape, units)
+        return Scan(ct, {"labels": labels, "centres": centres, "ctd": files["ctd"].name})
+
+    def samples(self, job: dict[str, Any], scan: Scan) -> Iterator[Candidate | Skip]:
+        """One sample per label with a ctd centroid, and one per mask label without (centred on the
+        label's largest component, ``centroid_source="mask"``); ctd labels absent from the mask are
+        skipped."""
+        subject, labels, centres = job["subject"], scan.data["labels"], scan.data["centres"]
+        present = _labels_present(labels)
+        boxes: list | None = None
+        for label in sorted(set(centres) | set(present)):
+            sample_id = f"{subject}_vert-{label}"
+            if label not in present:
+                yield Skip(sample_id, f"centroid label {label} absent from the mask")
+                continue
+            meta = {"level": level_name(label), "level_group": level_group(label), "label": label}
+            if label in centres:
+                meta["centroid_source"] = "ctd"
+                yield Candidate(sample_id, labels == label, centres[label], meta, crop=True, largest=True)
+                continue
+            boxes = boxes if boxes is not None else ndimage.find_objects(labels)
+            mask, centre = base.label_component(labels, label, boxes[label - 1], scan.ct.affine)
+            note = (
+                f"{level_name(label)} (label {label}) is in the mask but not in {scan.data['ctd']}: ROI "
+                "centred on the centroid of its largest connected component (centroid_source=mask)"
+            )
+            meta["centroid_source"] = "mask"
+            yield Candidate(sample_id, mask, centre, meta, crop=True, note=note)
+
+
+#: ``prepare_verse(raw_dir, out_dir, ...)``: see :meth:`VersePreparer.run` and the constructor's options
+prepare_verse = VersePreparer.run
+
+
+#: ``xray3d-prepare-verse``: the command-line entry point
+main = VersePreparer.main
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pytest
 from scipy import ndimage
 
 from xray3d.data.io import DataError
-from xray3d.data.verse import (
+from xray3d.data.sources.verse import (
     centroids_world,
     find_subjects,
     level_group,
@@ -352,3 +352,95 @@ def test_mixed_layouts_and_missing_files(tmp_path: Path, ct_on_mask_grid: Path) 
     (empty / "other" / "notes_ct.txt").write_text("not VerSe")
     with pytest.raises(DataError, match="pre-BIDS verseNNN.nii.gz"):
         prepare_verse(empty, tmp_path / "out_empty", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# issue 13: a mask label without a centroid, a stale file in another folder, one scan under two names
+
+
+def test_mask_label_without_centroid_is_prepared_from_the_mask_and_said(
+    tmp_path: Path, ct_on_mask_grid: Path, prepared: Path
+) -> None:
+    root = tmp_path / "raw"
+    _bids(root, ct_on_mask_grid)
+    ctd = root / "derivatives" / SUB / f"{SUB}_seg-subreg_ctd.json"
+    ctd.write_text(json.dumps([e for e in json.loads(ctd.read_text()) if e.get("label") != 20]))  # no L1
+    out = tmp_path / "out"
+    prepare_verse(root, out, progress=False)
+    df = _samples(out).set_index("sample_id")
+    assert list(df.index) == [f"{SUB}_vert-{n}" for n in range(16, 25)]  # L1 is not dropped
+    assert df.loc[f"{SUB}_vert-20", "centroid_source"] == "mask"
+    assert set(df.drop(f"{SUB}_vert-20")["centroid_source"]) == {"ctd"}
+    note = pd.read_csv(out / "report.csv", keep_default_na=False).set_index("sample_id")["note"]
+    assert note[f"{SUB}_vert-20"] == (
+        f"L1 (label 20) is in the mask but not in {SUB}_seg-subreg_ctd.json: ROI centred on the centroid of "
+        "its largest connected component (centroid_source=mask)"
+    )
+    assert note.drop(f"{SUB}_vert-20").eq("").all()
+    meta = json.loads((out / "manifest.json").read_text())
+    row = next(r for r in meta["samples"] if r["label"] == 20)
+    assert row["centroid_source"] == "mask" and "not in" in row["note"]
+    # the mask-centred ROI holds at least as much of L1 as the ctd-centred one, centred on the vertebra
+    ours = np.asarray(nib.load(out / df.loc[f"{SUB}_vert-20", "mask_path"]).dataobj)
+    ref = _samples(prepared).set_index("sample_id").loc[f"{SUB}_vert-20", "mask_path"]
+    assert ours.sum() >= 0.98 * np.asarray(nib.load(prepared / ref).dataobj).sum()
+    com = np.array(ndimage.center_of_mass(ours))
+    assert np.all(np.abs(com - 31.5) < 1.0), com  # centred on the vertebra itself
+
+
+def test_stale_centroid_file_in_a_backup_folder_is_ignored_and_listed(
+    tmp_path: Path, ct_on_mask_grid: Path, prepared: Path
+) -> None:
+    """The issue's case: ``backup_2019/<sub>_seg-subreg_ctd.json``, 15 mm off, must not win over the
+    subject's own centroid file."""
+    root = tmp_path / "raw"
+    _bids(root, ct_on_mask_grid)
+    stale = [
+        {**e, "X": e["X"] + 15.0} if "label" in e else e
+        for e in json.loads((root / "derivatives" / SUB / f"{SUB}_seg-subreg_ctd.json").read_text())
+    ]
+    (root / "backup_2019").mkdir()
+    (root / "backup_2019" / f"{SUB}_seg-subreg_ctd.json").write_text(json.dumps(stale))
+    assert find_subjects(root)[SUB]["ctd"] == root / "derivatives" / SUB / f"{SUB}_seg-subreg_ctd.json"
+    out = tmp_path / "out"
+    prepare_verse(root, out, progress=False)
+    df, ref = _samples(out), _samples(prepared)
+    for a, b in zip(df["mask_path"], ref["mask_path"], strict=True):  # the same ROIs as without the backup
+        np.testing.assert_array_equal(nib.load(out / a).dataobj, nib.load(prepared / b).dataobj)
+    report = pd.read_csv(out / "report.csv", keep_default_na=False)
+    assert set(report["note"]) == {f"ignored other copies: backup_2019/{SUB}_seg-subreg_ctd.json"}
+    # a second complete copy elsewhere: the subject is refused, every path named
+    _bids(root / "copy2", ct_on_mask_grid)
+    prepare_verse(root, out, progress=False)
+    report = pd.read_csv(out / "report.csv", keep_default_na=False)
+    [reason] = report.loc[report["status"] == "failed", "reason"]
+    assert reason.startswith("ambiguous subject: files found in 3 folders and two complete copies")
+    assert f"backup_2019/{SUB}_seg-subreg_ctd.json" in reason and f"rawdata/{SUB}/{SUB}_ct.nii.gz" in reason
+    assert f"copy2/derivatives/{SUB}/{SUB}_seg-vert_msk.nii.gz" in reason
+    assert len(_samples(out)) == 0 and not json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_one_scan_under_two_names_is_a_duplicate_kept_in_one_split(
+    tmp_path: Path, ct_on_mask_grid: Path
+) -> None:
+    root = tmp_path / "raw"
+    write_verse_fixture(root, "bids", ["sub-verse004", "sub-verse005", "sub-verse006"], ct=ct_on_mask_grid)
+    write_verse_fixture(root, "bids", ["sub-verse104"], ct=ct_on_mask_grid, distinct=False)
+    write_verse_fixture(root, "bids", ["sub-verse204"], ct=ct_on_mask_grid, distinct=False)
+    out = tmp_path / "out"
+    assert main(["--raw", str(root), "--out", str(out)]) == 0
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["duplicate_scans"] == [["sub-verse104", "sub-verse204"]]
+    df = _samples(out)
+    assert df.loc[df["subject"].isin(["sub-verse104", "sub-verse204"]), "split"].nunique() == 1
+    note = pd.read_csv(out / "report.csv", keep_default_na=False).set_index("sample_id")["note"]
+    assert note["sub-verse104_vert-16"] == (
+        "duplicate scan: same CT voxels and affine as sub-verse204 (kept in one split)"
+    )
+    # imported lists that separate them: a leak, reported as an error (and the command fails)
+    lists = tmp_path / "lists.json"
+    lists.write_text(json.dumps({"sub-verse104": "train", "sub-verse204": "test"}))
+    assert main(["--raw", str(root), "--out", str(out), "--split-lists", str(lists)]) == 1
+    report = pd.read_csv(out / "report.csv", keep_default_na=False)
+    [reason] = report.loc[report["status"] == "error", "reason"]
+    assert "sub-verse104 in train, sub-verse204 in test" in reason

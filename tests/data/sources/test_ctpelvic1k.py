@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from xray3d.data.ctpelvic1k import main, parse_name, prepare_ctpelvic1k
 from xray3d.data.roi import PRESETS
+from xray3d.data.sources.ctpelvic1k import find_cases, main, parse_name, prepare_ctpelvic1k
 from xray3d.data.verify import verify_dataset
 from xray3d.testing import FixtureUnavailable
 from xray3d.testing.ctpelvic1k import COLONOG_CASE, COLONOG_FILES, CUT_CASES, write_ctpelvic1k_fixture
@@ -227,3 +227,26 @@ def test_reference_split_and_errors(raw, tmp_path, capsys):
     assert "Zenodo record 4588403" in capsys.readouterr().err
     with pytest.raises(ValueError, match="split must be"):
         prepare_ctpelvic1k(raw, tmp_path / "o3", split="random")
+
+
+def test_a_stale_mask_in_a_backup_folder_refuses_the_case_naming_both(raw, tmp_path):
+    """Two masks for one case (issue 13): never the first in path order; refused with both paths."""
+    bad = Path(shutil.copytree(raw, tmp_path / "raw"))
+    _, ct_rel, mask_rel = CUT_CASES["case_00001"]
+    stale = bad / "backup_2019" / Path(mask_rel).name
+    stale.parent.mkdir()
+    shutil.copy(bad / mask_rel, stale)
+    assert find_cases(bad)["case_00001"]["mask"] is None
+    out = tmp_path / "out"
+    prepare_ctpelvic1k(bad, out, reject_partial=False, progress=False)
+    report = _read(out / "report.csv").set_index("subject")
+    assert report.loc["case_00001", "status"] == "failed"
+    assert report.loc["case_00001", "reason"] == (
+        f"ambiguous subject: several files of one kind (mask: {mask_rel}, "
+        f"backup_2019/{Path(mask_rel).name}); keep one and run again"
+    )
+    prepared = set(_read(out / "manifest.csv")["subject"])
+    assert prepared == {COLONOG_CASE, "CLINIC_0001", "CLINIC_metal_0001"}
+    # the three cut cases are one scan under three names (the fixture copies one CT): reported as duplicates
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["duplicate_scans"] == [["CLINIC_0001", "CLINIC_metal_0001"]]
