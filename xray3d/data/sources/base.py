@@ -61,7 +61,7 @@ from xray3d.data.roi import (
     largest_component,
 )
 from xray3d.data.sources.cli import prepare_main
-from xray3d.data.splits import load_split_lists, reference_split
+from xray3d.data.sources.splits import load_split_lists, reference_split
 
 __all__ = [
     "GEOMETRY_ATOL_MM",

@@ -40,7 +40,7 @@ are those of :mod:`xray3d.data.sources.base`: ``vertebra/<sample_id>_ct.nii.gz``
 corrupt or mismatched file are marked ``failed`` and retried by the next run; a centroid whose label is
 absent from the mask, or an ROI with an empty mask, is skipped for good. Fracture grades/shapes (spec §7)
 come from the VerSe appendix (:func:`load_fracture_table`) and the split
-(:func:`xray3d.data.splits.reference_split`, by subject) are recomputed on every run.
+(:func:`xray3d.data.sources.splits.reference_split`, by subject) are recomputed on every run.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from xray3d.data.io import DataError
-from xray3d.data.splits import load_split_lists, reference_split, shuffle_split
+from xray3d.data.sources.splits import load_split_lists, reference_split, shuffle_split
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ import pooch.downloaders
 import pytest
 import requests
 
-from xray3d.data.download import (
+from xray3d.data.sources.download import (
     DATASETS,
     ArchiveError,
     DownloadError,
