@@ -100,34 +100,30 @@ def predict_cfg(run_dir: Path, out: Path, *overrides: str):
 
 
 # ----------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, embedded_small) -> Path:
-    """A checkpoint trained for a few steps on the small real dataset, with its run config saved as Hydra
-    saves it (``<run>/.hydra/config.yaml``)."""
-    run_dir = tmp_path_factory.mktemp("predict_train") / "run"
-    cfg = compose_cfg("train", ["debug=limit", "logger=none", "test=false"], run_dir, embedded_small)
+def _train_run(run_dir: Path, data_dir: Path, overrides: list[str]) -> Path:
+    """Train a few steps on ``data_dir`` and save the run config as Hydra does (``.hydra/config.yaml``)."""
+    cfg = compose_cfg("train", ["debug=limit", "logger=none", "test=false", *overrides], run_dir, data_dir)
     train.run(cfg)
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(
         OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), run_dir / ".hydra" / "config.yaml"
     )
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, embedded_small) -> Path:
+    """A checkpoint trained for a few steps on the small real dataset, with its run config saved as Hydra
+    saves it (``<run>/.hydra/config.yaml``)."""
+    return _train_run(tmp_path_factory.mktemp("predict_train") / "run", embedded_small, [])
 
 
 @pytest.fixture(scope="module")
 def confident_run(tmp_path_factory, embedded_small) -> Path:
     """A model that knows the T7 vertebra (40 steps at lr 0.01 on its own DRRs): confident on the clean
     pair, so that corrupting the input has something to disturb."""
-    run_dir = tmp_path_factory.mktemp("predict_confident") / "run"
-    overrides = ["debug=limit", "logger=none", "test=false", "trainer.max_steps=40", "optimizer.lr=0.01"]
-    overrides += ["data.train_splits=[test]"]
-    cfg = compose_cfg("train", overrides, run_dir, embedded_small)
-    train.run(cfg)
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(
-        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), run_dir / ".hydra" / "config.yaml"
-    )
-    return run_dir
+    overrides = ["trainer.max_steps=40", "optimizer.lr=0.01", "data.train_splits=[test]"]
+    return _train_run(tmp_path_factory.mktemp("predict_confident") / "run", embedded_small, overrides)
 
 
 @pytest.fixture(scope="module")
