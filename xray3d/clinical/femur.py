@@ -171,11 +171,13 @@ def _cut_faces(
     return faces
 
 
-def _near_faces(idx: np.ndarray, faces: list[tuple[int, int, int]], depth: int) -> np.ndarray:
-    """True for the voxel indices ``idx`` (N, 3) within ``depth`` layers of a cut face."""
+def _near_faces(idx: np.ndarray, faces: list[tuple[int, int, int]], depth: int | np.ndarray) -> np.ndarray:
+    """True for the voxel indices ``idx`` (N, 3) within ``depth`` layers of a cut face (one number, or
+    one per array axis so that an anisotropic grid keeps the same depth in mm on every face)."""
+    depth_axis = np.broadcast_to(np.asarray(depth), (3,))
     near = np.zeros(len(idx), dtype=bool)
     for axis, layer, step in faces:
-        near |= step * (idx[:, axis] - layer) < depth
+        near |= step * (idx[:, axis] - layer) < depth_axis[axis]
     return near
 
 
@@ -612,7 +614,9 @@ def _neck_axis(
         areas, cents, counts = _slice_stats(np.compress(sel, points, axis=0), centre, d, width, vol)
         smooth = np.convolve(areas, np.ones(3) / 3, mode="same")
         valid = counts > 0
-        valid[:1] = valid[-1:] = False  # ends of the search range are partial slices
+        # ends of the search range are partial slices, and the 3-slice mean spreads them into their
+        # neighbours: a partial last slice at the diaphysis axis would pass for the narrowest neck
+        valid[:2] = valid[-2:] = False
         if not valid.any():
             raise ClinicalError("femoral neck not found between the head and the shaft")
         i_min = int(np.argmin(np.where(valid, smooth, np.inf)))
@@ -707,7 +711,9 @@ def measure(
 
     # 3. diaphysis axis (direction pointing distally, away from the head): from each starting direction,
     # the one with the longest straight shaft
-    cut_near = _near_faces(boundary, faces, int(np.ceil(6.0 * h / spacing.min())) + 2)
+    # surface within 6 voxels of the coarsest axis (in mm, per axis) of a cut face: smoothed normals there
+    # mix the face with the shaft (layers of the finest axis would strip 3x that depth off a coarse face)
+    cut_near = _near_faces(boundary, faces, np.ceil(6.0 * h / spacing).astype(int) + 2)
     starts = _provisional_shaft_directions(points, cut, crop, boundary, crop_aff, cut_near, c0, r0, vol)
     fits = []
     for start in starts:  # the second start only where the first finds too little shaft
