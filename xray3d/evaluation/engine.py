@@ -33,7 +33,7 @@ from xray3d.clinical.evaluate import measure_pair
 from xray3d.data.io import write_csv_atomic, write_json_atomic, write_text_atomic
 from xray3d.evaluation.postprocess import apply_postprocess, check_postprocess
 from xray3d.metrics.evaluation_report import write_evaluation_report
-from xray3d.metrics.image import METRIC_KEYS, binary_metrics
+from xray3d.metrics.image import METRIC_KEYS, binary_metrics, dice_coefficient
 
 __all__ = [
     "CaseEvaluator",
@@ -79,11 +79,6 @@ def evaluate_case(
         future = pool.submit(binary_metrics, pred, gt, spacing_mm, nsd_tolerance_mm)
         row, record = measure_pair(measure, gt, pred, affine, gt_measure)
         return future.result(), row, record
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else math.nan
 
 
 def _case_row(sid: str, result: tuple[dict, dict | None, dict | None], extra: dict | None = None) -> dict:
@@ -150,12 +145,13 @@ class CaseEvaluator:
                 clinical_args = (self.measure, affine, self.gt_measure)
             raw, gt = pred_np[i, 0].astype(bool), gt_np[i, 0]
             extra = {
-                f"dice_pp_{name}": _dice(apply_postprocess(raw, name), gt) for name in self.score_postprocess
+                f"dice_pp_{name}": dice_coefficient(apply_postprocess(raw, name), gt)
+                for name in self.score_postprocess
             }
             pred_i = raw
             if self.postprocess != "none":
                 pred_i = apply_postprocess(raw, self.postprocess)
-                extra["dice_raw"] = _dice(raw, gt)
+                extra["dice_raw"] = dice_coefficient(raw, gt)
             args = (pred_i, gt, spacing_mm, self.nsd_tolerance_mm, clinical_args)
             if self.workers > 0:
                 if self._pool is None:

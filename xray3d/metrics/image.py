@@ -35,7 +35,7 @@ import surface_distance as sd
 
 from xray3d.metrics.surface import surface_distances
 
-__all__ = ["binary_metrics", "METRIC_KEYS", "CONVENTIONS", "metric_keys"]
+__all__ = ["binary_metrics", "dice_coefficient", "METRIC_KEYS", "CONVENTIONS", "metric_keys"]
 
 METRIC_KEYS = ("dice", "hd95_mm", "asd_mm", "nsd")
 CONVENTIONS = ("mm", "reference")
@@ -69,6 +69,13 @@ def binary_pair(
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing_mm must be positive, one value or three, got {spacing_mm}")
     return pred, gt, spacing
+
+
+def dice_coefficient(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks with :func:`binary_metrics`' convention: 1.0 when both are empty."""
+    if not pred.any() and not gt.any():
+        return 1.0
+    return float(sd.compute_dice_coefficient(gt, pred))
 
 
 def binary_metrics(
@@ -110,7 +117,7 @@ def binary_metrics(
     dists = surface_distances(gt, pred, spacing)  # == sd.compute_surface_distances, faster
     gt_to_pred, pred_to_gt = sd.compute_average_surface_distance(dists)
     out.update(
-        dice=float(sd.compute_dice_coefficient(gt, pred)),
+        dice=dice_coefficient(pred, gt),
         hd95_mm=float(sd.compute_robust_hausdorff(dists, 95)),
         asd_mm=float((gt_to_pred + pred_to_gt) / 2.0),
         nsd=float(sd.compute_surface_dice_at_tolerance(dists, nsd_tolerance_mm)),
