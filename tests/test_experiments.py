@@ -76,3 +76,23 @@ def test_tl_embedding_stage_settings(stage: str, model: str, tmp_path: Path) -> 
     cfg = compose_cfg("train", [f"experiment=tl_embedding/{stage}"], tmp_path)
     assert cfg.hydra.runtime.choices.model == model
     assert (cfg.trainer.max_steps, cfg.optimizer.lr, cfg.data.batch_size) == (5000, pytest.approx(2e-4), 8)
+
+
+@pytest.mark.parametrize(
+    "overrides, loss, ema",
+    [
+        ([], "monai.losses.DiceCELoss", True),  # the default run: xray3d's tuned recipe
+        (["experiment=none"], "monai.losses.DiceLoss", False),  # the model config as it is
+        (["experiment=benchmark/vertebra"], "monai.losses.DiceLoss", False),  # the reference's recipe
+        (["callbacks.ema=null"], "monai.losses.DiceCELoss", False),
+    ],
+)
+def test_the_default_recipe_and_how_to_leave_it(
+    overrides: list[str], loss: str, ema: bool, tmp_path: Path
+) -> None:
+    cfg = compose_cfg("train", overrides, tmp_path)
+    assert cfg.model.loss._target_ == loss and cfg.model.loss.sigmoid is True
+    assert (cfg.callbacks.get("ema") is not None) == ema
+    if not overrides:
+        assert cfg.hydra.runtime.choices.experiment == "default_recipe"
+        assert list(cfg.data.augment.scale) == [0.9, 1.5] and len(cfg.data.val_variants) == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xray3d.data.augment import AnatomyAugment
+from xray3d.data.augment import AnatomyAugment, apply_variants
 
 
 def _box(s: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,3 +75,55 @@ def test_bone_density_scales_only_hu_above_the_threshold():
 def test_bad_settings_name_the_option(kwargs):
     with pytest.raises(ValueError, match="data.augment"):
         AnatomyAugment(**kwargs)
+
+
+def _extent(mask: torch.Tensor, axis: int) -> int:
+    """Number of slices along PIR ``axis`` (0 P, 1 I, 2 R) holding mask voxels, of ``(1, s, s, s)``."""
+    dims = tuple(d for d in (0, 1, 2) if d != axis)
+    return int((mask[0].sum(dim=dims) > 0).sum())
+
+
+def test_a_scale_range_only_enlarges_within_its_bounds():
+    ct, mask = _box(48)
+    out_ct, out_mask = AnatomyAugment(scale=[1.2, 1.4])(ct, mask, torch.Generator().manual_seed(5))
+    for i in range(2):
+        ratio = (out_mask[i].sum() / mask[i].sum()).item()
+        assert 1.2**3 * 0.85 < ratio < 1.4**3 * 1.15
+        assert out_ct[i][out_mask[i].bool()].median() > 900
+
+
+@pytest.mark.parametrize("scale", [[1.2], [1.5, 1.1], [0.0, 1.2]])
+def test_a_bad_scale_range_names_the_option(scale):
+    with pytest.raises(ValueError, match=r"data.augment.scale=\[lo, hi\]"):
+        AnatomyAugment(scale=scale)
+
+
+def test_anisotropy_changes_the_axes_by_different_factors():
+    ct, mask = _box(48)
+    _, out = AnatomyAugment(anisotropy=0.3)(ct, mask, torch.Generator().manual_seed(0))
+    for i in range(2):
+        ratios = [_extent(out[i], a) / _extent(mask[i], a) for a in range(3)]
+        assert all(0.6 < r < 1.45 for r in ratios)
+        assert max(ratios) - min(ratios) > 0.05
+
+
+def test_lowres_smooths_the_ct_and_keeps_the_mask_sharp():
+    ct, mask = _box()
+    out_ct, out_mask = AnatomyAugment(lowres_prob=1.0)(ct, mask, torch.Generator().manual_seed(0))
+    assert torch.equal(out_mask, mask)
+    # the bone edge is blurred: values between soft tissue and bone appear, the mean is kept
+    between = ((out_ct > 100) & (out_ct < 900)).sum()
+    assert between > 0 and ((ct > 100) & (ct < 900)).sum() == 0
+    assert out_ct.mean().item() == pytest.approx(ct.mean().item(), rel=0.02)
+
+
+def test_fixed_variants_scale_each_pir_axis_and_leave_unit_samples_untouched():
+    ct, mask = _box(48)
+    factors = torch.tensor([[1.0, 1.0, 1.0], [1.5, 1.0, 1.0]])
+    out_ct, out_mask = apply_variants(ct, mask, factors, torch.tensor([False, False]))
+    assert torch.equal(out_ct[0], ct[0]) and torch.equal(out_mask[0], mask[0])
+    # sample 1: only the P extent grows by 1.5 (box 10 slices along P), I and R unchanged
+    assert _extent(out_mask[1], 0) == pytest.approx(15, abs=1)
+    assert _extent(out_mask[1], 1) == _extent(mask[1], 1) and _extent(out_mask[1], 2) == _extent(mask[1], 2)
+    _, flipped = apply_variants(ct, mask, torch.ones(2, 3), torch.tensor([True, False]))
+    assert torch.equal(flipped[0], mask[0].flip(-1)) and torch.equal(flipped[1], mask[1])

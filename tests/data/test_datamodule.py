@@ -70,3 +70,40 @@ def test_after_transfer_hook_augments_only_while_training(dm):
     dm.trainer = SimpleNamespace(training=True)
     c = dm.on_after_batch_transfer(dict(batch), 0)
     assert not torch.equal(a["lat"], c["lat"])
+
+
+def test_validation_variants_are_scored_as_their_own_cases_through_trainer_validate(compose_train):
+    """``data.val_variants`` adds re-sized / mirrored copies of each validation case, rendered from the
+    changed anatomy and scored against the changed mask (Trainer.validate, as in a training run)."""
+    import hydra
+    import lightning as L
+
+    variants = "data.val_variants=[{scale:1.25},{scale:[1.0,1.0,1.2],flip_lr:true}]"
+    cfg = compose_train("debug=limit", variants)
+    dm = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model, optimizer=hydra.utils.instantiate(cfg.optimizer))
+    seen: dict[str, tuple[float, torch.Tensor]] = {}
+
+    class Spy(L.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            for i, sid in enumerate(batch["sample_id"]):
+                seen[sid] = (float(batch["mask"][i].sum()), batch["ap"][i].clone())
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[Spy()])
+    trainer.validate(model, datamodule=dm)
+    base = "chestct_vert-T5"
+    ids = {r["sample_id"] for r in model.case_rows["val"]}
+    assert ids == {base, f"{base}@x1.25", f"{base}@x1.00-1.00-1.20+mirror"} == set(seen)
+    volume = seen[base][0]
+    assert seen[f"{base}@x1.25"][0] == pytest.approx(volume * 1.25**3, rel=0.12)
+    assert seen[f"{base}@x1.00-1.00-1.20+mirror"][0] == pytest.approx(volume * 1.2, rel=0.12)
+    # the views were rendered from the changed CT, not the original one
+    assert not torch.allclose(seen[base][1], seen[f"{base}@x1.25"][1])
+    assert "val/dice" in trainer.callback_metrics
+
+
+def test_bad_validation_variants_name_the_option(embedded_small):
+    for bad, match in (([{"scale": 0}], "scale must be > 0"), ([{"zoom": 2}], "unknown keys"), ([{}], "changes")):
+        with pytest.raises(ValueError, match=match) as err:
+            BiplanarDataModule(str(embedded_small), BiplanarProjector(), val_variants=bad)
+        assert "data.val_variants[0]" in str(err.value)

@@ -26,9 +26,9 @@ def two_patients(tmp_path_factory) -> Path:
 
 
 def test_within_and_cross_patient_side_by_side_with_the_chosen_postprocessing(tmp_path, two_patients):
-    overrides = ["debug=limit", "data.augment.scale=0.1", "data.augment.flip_lr_prob=0.5"]
-    overrides += ["data.augment.rotation_deg=5", "data.augment.bone_density=0.1"]
-    cfg = compose_cfg("train", overrides, tmp_path / "run", two_patients)
+    # the default recipe: anatomy augmentation, validation variants, Dice + BCE, weight EMA
+    cfg = compose_cfg("train", ["debug=limit"], tmp_path / "run", two_patients)
+    assert cfg.data.augment.lowres_prob > 0 and cfg.data.val_variants and cfg.callbacks.ema is not None
     assert cfg.model.get("postprocess", "auto") == "auto" and cfg.data.test_splits == ["test", "external"]
     metrics, _ = train.run(cfg)
     out = Path(cfg.paths.output_dir)

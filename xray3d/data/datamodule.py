@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from xray3d.data.array_cache import ensure_array_cache
-from xray3d.data.augment import AnatomyAugment
-from xray3d.data.dataset import ManifestDataset
+from xray3d.data.augment import AnatomyAugment, apply_variants
+from xray3d.data.dataset import ManifestDataset, VariantDataset
 from xray3d.data.io import DataError
 from xray3d.data.projection import BiplanarProjector
 from xray3d.data.sampling import EpochSampler, rank_seed
@@ -48,6 +48,11 @@ class BiplanarDataModule(L.LightningDataModule):
         augment: anatomy-level augmentation of the training CT and mask before rendering
             (:class:`~xray3d.data.augment.AnatomyAugment`: scale, rotation, mirroring, bone density);
             ``None`` = off.
+        val_variants: fixed copies of every validation case with the anatomy re-sized and/or mirrored
+            before rendering (:class:`~xray3d.data.dataset.VariantDataset`), e.g.
+            ``[{scale: 1.25}, {scale: 0.85, flip_lr: true}]``: validation (and so checkpoint and
+            post-processing choice) then rewards a model that follows the image rather than the one
+            training patient's bone size. Empty = the validation cases as they are.
         clinical: ``measure(mask, affine) -> dict`` of the anatomy's clinical parameters
             (``conf/clinical/<anatomy>.yaml``), measured at test time on ground truth and prediction.
         group_by: manifest metadata columns the test report disaggregates by (subgroups).
@@ -83,6 +88,7 @@ class BiplanarDataModule(L.LightningDataModule):
         gamma_jitter: float = 0.1,
         noise_std: float = 0.01,
         augment: AnatomyAugment | None = None,
+        val_variants: list[dict] | tuple = (),
         clinical: Callable[..., dict] | None = None,
         group_by: tuple[str, ...] = (),
         seed: int = 0,
@@ -108,6 +114,8 @@ class BiplanarDataModule(L.LightningDataModule):
         self.gamma_jitter = float(gamma_jitter)
         self.noise_std = float(noise_std)
         self.augment = augment
+        self.val_variants = [dict(v) for v in (val_variants or ())]
+        VariantDataset([], self.val_variants)  # check the settings now, not at the first validation
         self.clinical = clinical
         self.group_by = tuple(group_by)
         self.seed = int(seed)
@@ -198,8 +206,9 @@ class BiplanarDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, stage: str) -> DataLoader:
+        ds = self.dataset(stage)
         return DataLoader(
-            self.dataset(stage),
+            VariantDataset(ds, self.val_variants) if stage == "val" and self.val_variants else ds,
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -236,6 +245,10 @@ class BiplanarDataModule(L.LightningDataModule):
         offsets = rotation_offsets_deg
         g = self.generator(device) if augment else None
         with torch.autocast(device_type=device.type, enabled=False):
+            if "variant_scale_pir" in batch and "mask" in batch:
+                ct, batch["mask"] = apply_variants(
+                    ct, batch["mask"], batch["variant_scale_pir"], batch["variant_flip_lr"]
+                )
             if augment and self.augment is not None and self.augment.active and "mask" in batch:
                 ct, batch["mask"] = self.augment(ct, batch["mask"], g)
             if augment and self.rotation_deg > 0 and offsets is None:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from xray3d.data.array_cache import CacheEntry, build_entries, load_sample_arrays
 from xray3d.data.io import DataError
 
-__all__ = ["ManifestDataset", "read_manifest", "load_sample", "load_sample_arrays"]
+__all__ = ["ManifestDataset", "VariantDataset", "read_manifest", "load_sample", "load_sample_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +140,59 @@ class ManifestDataset(Dataset):
             # voxel -> world (mm) of the scan the ROI was cut from: clinical points are reported in it
             "affine": torch.from_numpy(entry.affine.copy()),
         }
+
+
+class VariantDataset(Dataset):
+    """A dataset followed by fixed re-sized / mirrored copies of each of its items (validation variants).
+
+    The data module applies the change on the device, before rendering
+    (:func:`~xray3d.data.augment.apply_variants`), from the two keys added to every item:
+    ``variant_scale_pir`` ``(3,)`` (enlargement along P, I, R; 1 = unchanged) and ``variant_flip_lr``
+    (bool). Copies get the sample id ``<id>@<tag>`` (e.g. ``T5@x1.25``, ``T5@x0.85+mirror``), so every
+    case is scored on its own and the originals keep their ids.
+
+    Args:
+        base: the dataset (items hold ``ct``, ``mask`` and ``sample_id``).
+        variants: one mapping per copy: ``scale`` (a factor, or ``[p, i, r]`` factors, > 0) and
+            ``flip_lr`` (bool); e.g. ``[{"scale": 1.25}, {"scale": 0.85, "flip_lr": True}]``.
+
+    Raises:
+        ValueError: naming ``data.val_variants`` for an unknown key or a scale that is not > 0.
+    """
+
+    def __init__(self, base: Dataset, variants: Sequence[dict]) -> None:
+        self.base = base
+        self.variants: list[tuple[torch.Tensor, bool, str]] = [(torch.ones(3), False, "")]
+        for i, v in enumerate(variants):
+            v = dict(v)
+            unknown = set(v) - {"scale", "flip_lr"}
+            if unknown:
+                raise ValueError(
+                    f"data.val_variants[{i}]: unknown keys {sorted(unknown)} (use scale, flip_lr)"
+                )
+            scale = v.get("scale", 1.0)
+            factors = [float(scale)] * 3 if isinstance(scale, (int, float)) else [float(f) for f in scale]
+            if len(factors) != 3 or min(factors) <= 0:
+                raise ValueError(f"data.val_variants[{i}].scale must be > 0 or [p, i, r] > 0, got {scale}")
+            flip = bool(v.get("flip_lr", False))
+            if len(set(factors)) == 1:
+                tag = f"x{factors[0]:.2f}" if factors[0] != 1 else ""
+            else:
+                tag = "x" + "-".join(f"{f:.2f}" for f in factors)
+            tag = "+".join(t for t in (tag, "mirror" if flip else "") if t)
+            if not tag:
+                raise ValueError(f"data.val_variants[{i}] changes nothing (scale 1, no flip_lr)")
+            self.variants.append((torch.tensor(factors), flip, tag))
+
+    def __len__(self) -> int:
+        return len(self.base) * len(self.variants)
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.base)
+        factors, flip, tag = self.variants[index // n]
+        item = dict(self.base[index % n])
+        if tag:
+            item["sample_id"] = f"{item['sample_id']}@{tag}"
+        item["variant_scale_pir"] = factors.clone()
+        item["variant_flip_lr"] = torch.tensor(flip)
+        return item

@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 
 from xray3d.data.io import DataError, load_nifti, save_nifti_atomic, write_csv_atomic, write_json_atomic
-from xray3d.data.sources.base import digest, sample_ok
 from xray3d.data.projection import embedded_ct
 from xray3d.data.roi import PRESETS, extract_roi, label_centroid_mm, largest_component, touches_border
+from xray3d.data.sources.base import digest, sample_ok
 
 __all__ = ["prepare_embedded", "external_ct", "EMBEDDED_SPLIT", "EXTERNAL_LEVELS", "VERTEBRA_LEVELS", "main"]
 

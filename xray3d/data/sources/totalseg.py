@@ -33,8 +33,8 @@ CT/seg geometry mismatch, non-integral float labels, NaN CT) are skipped with th
 ``failed`` and retried by the next run; rule rejections are final for the given settings. A subject
 folder holding two candidates for one file (``ct.nii.gz`` and ``ct.nii``; ``segmentations/`` and
 ``seg.nii.gz``, ...) is refused as ambiguous, naming both. A re-run with the same settings redoes only
-missing or failed samples. The split (:func:`xray3d.data.sources.splits.reference_split` over the kept subjects,
-duplicate scans kept together, or imported lists) is recomputed on every run: it depends on the set of
+missing or failed samples. The split (:func:`xray3d.data.sources.splits.reference_split` over the
+kept subjects, duplicate scans kept together, or imported lists) is recomputed on every run: it depends on the set of
 kept subjects, as in the reference.
 """
 
