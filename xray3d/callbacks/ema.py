@@ -24,13 +24,13 @@ class EMAWeights(EMAWeightAveraging):
     """EMA of the weights (and BatchNorm statistics) for validation, checkpoints and test.
 
     Args:
-        decay: weight of the old average per optimizer step (0.995: a half-life of about 140 steps).
+        decay: weight of the old average per optimizer step (0.99: a half-life of about 70 steps).
         update_starting_at_step: first optimizer step (0-based) that updates the average.
         kwargs: passed to :class:`~lightning.pytorch.callbacks.EMAWeightAveraging`.
     """
 
     def __init__(
-        self, decay: float = 0.995, update_starting_at_step: int | None = None, **kwargs: Any
+        self, decay: float = 0.99, update_starting_at_step: int | None = None, **kwargs: Any
     ) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"callbacks.ema.decay must be in (0, 1), got {decay}")
