@@ -35,6 +35,7 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     return {"root": tmp, "verse": tmp / "verse", "rsna": tmp / "rsna"}
 
 
+@pytest.mark.slow  # ~40 s; the domain-shift CLI is covered fast by tests/pipeline/test_domain_shift.py
 def test_train_on_verse2019_then_domain_shift_to_rsna(prepared, tmp_path):
     verse = pd.read_csv(prepared["verse"] / "manifest.csv")
     assert set(verse["split"]) == {"train", "val", "test"}

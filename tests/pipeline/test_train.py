@@ -123,6 +123,7 @@ def test_missing_dataset_fails_first_with_the_prepare_commands(tmp_path):
     assert not [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]  # no orphan run folder
 
 
+@pytest.mark.slow  # ~35 s; eval and robustness of the default model stay in the fast run
 def test_eval_and_robustness_of_a_non_default_model_are_filed_under_it(tmp_path, embedded_small):
     """eval.py / xray3d-robustness take the network from the checkpoint's run: so do the run folder, the
     report labels and the W&B run name."""
