@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from xray3d.data.array_cache import ensure_array_cache
 from xray3d.data.augment import AnatomyAugment, apply_variants
-from xray3d.data.dataset import ManifestDataset, VariantDataset
+from xray3d.data.dataset import ManifestDataset, VariantDataset, parse_val_variants
 from xray3d.data.io import DataError
 from xray3d.data.projection import BiplanarProjector
 from xray3d.data.sampling import EpochSampler, rank_seed
@@ -115,7 +115,7 @@ class BiplanarDataModule(L.LightningDataModule):
         self.noise_std = float(noise_std)
         self.augment = augment
         self.val_variants = [dict(v) for v in (val_variants or ())]
-        VariantDataset([], self.val_variants)  # check the settings now, not at the first validation
+        parse_val_variants(self.val_variants)  # check the settings now, not at the first validation
         self.clinical = clinical
         self.group_by = tuple(group_by)
         self.seed = int(seed)

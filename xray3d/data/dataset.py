@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from xray3d.data.array_cache import CacheEntry, build_entries, load_sample_arrays
 from xray3d.data.io import DataError
 
-__all__ = ["ManifestDataset", "VariantDataset", "read_manifest", "load_sample", "load_sample_arrays"]
+__all__ = ["ManifestDataset", "VariantDataset", "parse_val_variants", "read_manifest", "load_sample", "load_sample_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,35 @@ class ManifestDataset(Dataset):
         }
 
 
+def parse_val_variants(variants: Sequence[dict]) -> list[tuple[torch.Tensor, bool, str]]:
+    """Check ``data.val_variants`` and return ``(factors_pir (3,), flip_lr, tag)`` per variant.
+
+    Raises:
+        ValueError: naming ``data.val_variants[i]`` for an unknown key, a scale that is not > 0, or a
+            variant that changes nothing.
+    """
+    parsed = []
+    for i, v in enumerate(variants):
+        v = dict(v)
+        unknown = set(v) - {"scale", "flip_lr"}
+        if unknown:
+            raise ValueError(f"data.val_variants[{i}]: unknown keys {sorted(unknown)} (use scale, flip_lr)")
+        scale = v.get("scale", 1.0)
+        factors = [float(scale)] * 3 if isinstance(scale, (int, float)) else [float(f) for f in scale]
+        if len(factors) != 3 or min(factors) <= 0:
+            raise ValueError(f"data.val_variants[{i}].scale must be > 0 or [p, i, r] > 0, got {scale}")
+        flip = bool(v.get("flip_lr", False))
+        if len(set(factors)) == 1:
+            tag = f"x{factors[0]:.2f}" if factors[0] != 1 else ""
+        else:
+            tag = "x" + "-".join(f"{f:.2f}" for f in factors)
+        tag = "+".join(t for t in (tag, "mirror" if flip else "") if t)
+        if not tag:
+            raise ValueError(f"data.val_variants[{i}] changes nothing (scale 1, no flip_lr)")
+        parsed.append((torch.tensor(factors), flip, tag))
+    return parsed
+
+
 class VariantDataset(Dataset):
     """A dataset followed by fixed re-sized / mirrored copies of each of its items (validation variants).
 
@@ -162,27 +191,7 @@ class VariantDataset(Dataset):
 
     def __init__(self, base: Dataset, variants: Sequence[dict]) -> None:
         self.base = base
-        self.variants: list[tuple[torch.Tensor, bool, str]] = [(torch.ones(3), False, "")]
-        for i, v in enumerate(variants):
-            v = dict(v)
-            unknown = set(v) - {"scale", "flip_lr"}
-            if unknown:
-                raise ValueError(
-                    f"data.val_variants[{i}]: unknown keys {sorted(unknown)} (use scale, flip_lr)"
-                )
-            scale = v.get("scale", 1.0)
-            factors = [float(scale)] * 3 if isinstance(scale, (int, float)) else [float(f) for f in scale]
-            if len(factors) != 3 or min(factors) <= 0:
-                raise ValueError(f"data.val_variants[{i}].scale must be > 0 or [p, i, r] > 0, got {scale}")
-            flip = bool(v.get("flip_lr", False))
-            if len(set(factors)) == 1:
-                tag = f"x{factors[0]:.2f}" if factors[0] != 1 else ""
-            else:
-                tag = "x" + "-".join(f"{f:.2f}" for f in factors)
-            tag = "+".join(t for t in (tag, "mirror" if flip else "") if t)
-            if not tag:
-                raise ValueError(f"data.val_variants[{i}] changes nothing (scale 1, no flip_lr)")
-            self.variants.append((torch.tensor(factors), flip, tag))
+        self.variants = [(torch.ones(3), False, "")] + parse_val_variants(variants)
 
     def __len__(self) -> int:
         return len(self.base) * len(self.variants)

@@ -24,6 +24,8 @@ from xray3d.data.verify import verify_dataset
 from xray3d.testing import FixtureUnavailable
 from xray3d.testing.ctpelvic1k import COLONOG_CASE, COLONOG_FILES, CUT_CASES, write_ctpelvic1k_fixture
 
+from .helpers import shift_nifti_origin
+
 PRESET = PRESETS["hip"]
 COLONOG_ID = f"{COLONOG_CASE}_hip"
 
@@ -161,11 +163,7 @@ def _missing_mask(raw: Path) -> None:
 
 
 def _shifted_mask(raw: Path) -> None:
-    p = raw / CUT_CASES["case_00001"][2]
-    img = nib.load(p)
-    aff = img.affine.copy()
-    aff[:3, 3] += 6.0
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff), p)
+    shift_nifti_origin(raw / CUT_CASES["case_00001"][2], 6.0)
 
 
 @pytest.mark.parametrize(

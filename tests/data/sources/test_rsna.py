@@ -25,6 +25,8 @@ from xray3d.data.verify import verify_dataset
 from xray3d.testing import FixtureUnavailable
 from xray3d.testing.rsna import LEVELS, STUDY_UIDS, fixture_volume, write_rsna_fixture, write_rsna_study
 
+from .helpers import shift_nifti_origin
+
 PRESET = PRESETS["vertebra"]
 PLAIN, JPEG = STUDY_UIDS
 SKIPPED = {5: "C5", 6: "C6", 7: "C7", 11: "T4", 12: "T5"}  # cut by the crop or the scan
@@ -191,11 +193,7 @@ def _short_seg(raw: Path) -> None:
 
 
 def _shifted_seg(raw: Path) -> None:
-    p = raw / "segmentations" / f"{JPEG}.nii"
-    img = nib.load(p)
-    aff = img.affine.copy()
-    aff[:3, 3] += 10.0
-    nib.save(nib.Nifti1Image(np.array(img.dataobj), aff), p)
+    shift_nifti_origin(raw / "segmentations" / f"{JPEG}.nii", 10.0)
 
 
 @pytest.mark.parametrize(
